@@ -1,0 +1,121 @@
+"""Checkpoints: one orbax CheckpointManager per run, in `<workdir>/checkpoints/`.
+
+Each step directory holds three items, so a resumed run continues exactly where it stopped:
+    state   the train-state pytree (params, model state such as BatchNorm statistics, optimizer
+            state, EMA parameters, step), saved asynchronously
+    data    the input iterator's position (grain iterator state, JSON)
+    meta    host-side loop state: best metric so far, evals without improvement, wall time (JSON)
+The manager keeps the latest `keep` steps plus the best step by `best_metric` (orbax preservation
+policies). Orbax writes each step to a temporary directory and renames it when complete, so a
+crash mid-save leaves the previous steps intact; restore() still falls back to an earlier step if
+the latest cannot be read.
+"""
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+log = logging.getLogger(__name__)
+
+
+class Checkpointer:
+    """Save and restore (state, data iterator position, loop metadata) by step."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        keep: int = 3,
+        best_metric: str = "",
+        best_mode: str = "max",
+        async_save: bool = True,
+    ):
+        policies = [checkpoint_managers.LatestN(keep)]
+        if best_metric:
+            policies.append(
+                checkpoint_managers.BestN(
+                    get_metric_fn=lambda metrics: metrics[best_metric],
+                    reverse=best_mode == "min",
+                    n=1,
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,
+        )
+        self.directory = Path(directory).absolute()
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def all_steps(self) -> list[int]:
+        """Steps with a complete checkpoint, oldest first."""
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        """The newest complete step, or None."""
+        return self._manager.latest_step()
+
+    def save(
+        self,
+        step: int,
+        state: Any,
+        data_state: dict,
+        meta: dict,
+        metrics: dict[str, float] | None = None,
+    ) -> None:
+        """Start saving `step` (returns once arrays are copied off the devices)."""
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=ocp.args.JsonSave(data_state),
+            meta=ocp.args.JsonSave(meta),
+        )
+        self._manager.save(step, args=args, metrics=metrics, force=True)
+
+    def restore(
+        self, abstract_state: Any, step: int | None = None
+    ) -> tuple[int, Any, dict, dict] | None:
+        """Restore `step` (default: the newest readable one) onto `abstract_state`'s shardings.
+
+        Returns (step, state, data_state, meta), or None when there is no checkpoint at all.
+        A step that fails to restore (truncated or corrupt files) is reported and skipped in
+        favour of the previous one.
+        """
+        candidates = [step] if step is not None else list(reversed(self.all_steps()))
+        for candidate in candidates:
+            args = ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data=ocp.args.JsonRestore(),
+                meta=ocp.args.JsonRestore(),
+            )
+            try:
+                restored = self._manager.restore(candidate, args=args)
+            except Exception as e:  # noqa: BLE001 - any unreadable step falls back to the previous.
+                log.warning(
+                    "checkpoint step %d is unreadable (%s); trying an earlier step", candidate, e
+                )
+                self._quarantine(candidate)
+                continue
+            return candidate, restored["state"], restored["data"], restored["meta"]
+        return None
+
+    def _quarantine(self, step: int) -> None:
+        """Move an unreadable step aside so the manager no longer offers it."""
+        source = self.directory / str(step)
+        if source.exists():
+            target = self.directory.parent / f"corrupt_checkpoint_{step}"
+            shutil.rmtree(target, ignore_errors=True)
+            source.rename(target)
+        self._manager.reload()
+
+    def wait(self) -> None:
+        """Block until pending asynchronous saves are on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Finish pending saves and release the manager."""
+        self._manager.close()

@@ -1,0 +1,81 @@
+"""Image classification: softmax cross-entropy; accuracy, top-k and per-class metrics (scikit-learn)."""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from sklearn import metrics as skm
+
+from research.tasks.base import Task
+
+
+def train_loss(logits: jax.Array, batch: dict, config: Any) -> tuple[jax.Array, dict]:
+    """Mean cross-entropy with optional label smoothing (Szegedy et al. 2016); also accuracy."""
+    num_classes = logits.shape[-1]
+    targets = jax.nn.one_hot(batch["label"], num_classes)
+    smoothing = config.train.get("label_smoothing", 0.0)
+    targets = optax.smooth_labels(targets, smoothing) if smoothing else targets
+    loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
+    accuracy = (logits.argmax(-1) == batch["label"]).mean()
+    return loss, {"accuracy": accuracy}
+
+
+def eval_outputs(logits: jax.Array, batch: dict) -> dict:
+    """Per-example loss and class probabilities (probabilities feed top-k and the report)."""
+    logits = logits.astype(jnp.float32)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    return {"loss": loss, "probs": jax.nn.softmax(logits), "label": batch["label"]}
+
+
+def summarize(outputs: dict[str, np.ndarray], info: Any) -> tuple[dict[str, float], dict]:
+    """Accuracy, top-5, macro F1 and the per-class report, all computed by scikit-learn."""
+    labels, probs = outputs["label"], outputs["probs"]
+    predictions = probs.argmax(-1)
+    classes = np.arange(probs.shape[-1])
+    metrics = {
+        "loss": float(outputs["loss"].mean()),
+        "accuracy": float(skm.accuracy_score(labels, predictions)),
+        "macro_f1": float(
+            skm.f1_score(labels, predictions, labels=classes, average="macro", zero_division=0)
+        ),
+    }
+    if len(classes) > 5:
+        metrics["top5_accuracy"] = float(
+            skm.top_k_accuracy_score(labels, probs, k=5, labels=classes)
+        )
+    names = list(info.class_names) if info is not None else [str(c) for c in classes]
+    details = {
+        "per_class": skm.classification_report(
+            labels,
+            predictions,
+            labels=classes,
+            target_names=names,
+            output_dict=True,
+            zero_division=0,
+        ),
+        "confusion_matrix": skm.confusion_matrix(labels, predictions, labels=classes).tolist(),
+        "text_report": skm.classification_report(
+            labels, predictions, labels=classes, target_names=names, digits=4, zero_division=0
+        ),
+    }
+    return metrics, details
+
+
+def report(details: dict) -> str:
+    """The scikit-learn classification report and confusion matrix, as printed text."""
+    matrix = "\n".join(" ".join(f"{v:4d}" for v in row) for row in details["confusion_matrix"])
+    return (
+        f"{details['text_report']}\nconfusion matrix (rows: true, columns: predicted)\n{matrix}\n"
+    )
+
+
+TASK = Task(
+    input_key="image",
+    input_dtype="float32",
+    train_loss=train_loss,
+    eval_outputs=eval_outputs,
+    summarize=summarize,
+    report=report,
+)

@@ -1,0 +1,346 @@
+"""The trainer: config in, trained model, metrics, checkpoints and results.json out.
+
+Read it top to bottom: workdir, mesh, input, model and optimizer, state and shardings, the update
+step, evaluation, checkpoint/resume, the loop, final evaluation. The train state is a plain dict:
+
+    {"step": int32, "params": ..., "model_state": {"batch_stats": ...} or {},
+     "opt_state": ..., "ema_params": ... or {}}
+
+Per-step randomness is `fold_in(seed_key, step)`, so it is a function of the step alone and a
+resumed run draws exactly the numbers an uninterrupted one would.
+"""
+
+import functools
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+
+from research import checkpoint, data, models, optim, parallel, tasks, workdir
+from research.writer import MetricWriter, read_metrics
+
+log = logging.getLogger(__name__)
+
+
+def run(
+    config: ml_collections.ConfigDict,
+    workdir_path: str | Path,
+    *,
+    argv: list[str] = (),
+    force: bool = False,
+) -> dict:
+    """Train and evaluate `config` in `workdir_path`, resuming if it holds a checkpoint.
+
+    Raises ConfigError / data.DatasetUnavailable before writing anything when the workdir holds
+    another experiment's run or the data cannot be read.
+    """
+    started = time.time()
+    wd = Path(workdir_path)
+    workdir.check_compatible(wd, config, force)
+    info = data.info(config.data)
+    task = tasks.get(config.get("task", "classification"))
+    wd.mkdir(parents=True, exist_ok=True)
+    is_main = jax.process_index() == 0
+    if is_main:
+        workdir.write_json(wd / "config.json", config.to_dict())
+        workdir.write_json(wd / "provenance.json", workdir.provenance(list(argv)))
+    tc = config.train
+
+    # ---------------------------------------------------------------------------------------------
+    # Mesh.
+    # ---------------------------------------------------------------------------------------------
+    mesh = parallel.make_mesh(config.parallel)
+    state_sharding_of = lambda tree: jax.tree.map(lambda _: parallel.replicated(mesh), tree)
+
+    # ---------------------------------------------------------------------------------------------
+    # Input.
+    # ---------------------------------------------------------------------------------------------
+    train_iter = data.train_iterator(
+        config.data,
+        global_batch_size=tc.batch_size,
+        seed=tc.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+
+    # ---------------------------------------------------------------------------------------------
+    # Model and optimizer.
+    # ---------------------------------------------------------------------------------------------
+    model = models.build(config.model)
+    tx, schedule = optim.build_optimizer(config.optimizer, config.schedule, tc.steps)
+    ema_decay = config.optimizer.get("ema_decay", 0.0)
+    accum_steps = config.optimizer.get("grad_accum_steps", 1)
+    seed_key = jax.random.key(tc.seed)
+    init_key, dropout_key = jax.random.split(seed_key)
+    dummy_input = jnp.zeros((1, *info.input_shape), task.input_dtype)
+
+    def init_state(key: jax.Array) -> dict:
+        variables = model.init(key, dummy_input, train=False)
+        params = variables.pop("params")
+        return {
+            "step": jnp.zeros((), jnp.int32),
+            "params": params,
+            "model_state": dict(variables),
+            "opt_state": tx.init(params),
+            "ema_params": jax.tree.map(jnp.copy, params) if ema_decay else {},
+        }
+
+    # ---------------------------------------------------------------------------------------------
+    # State and shardings: shapes from eval_shape, nothing allocated until jit places it.
+    # ---------------------------------------------------------------------------------------------
+    abstract_state = jax.eval_shape(init_state, init_key)
+    state_sharding = state_sharding_of(abstract_state)
+    batch_sharding = parallel.batch_sharding(mesh)
+    num_params = sum(x.size for x in jax.tree.leaves(abstract_state["params"]))
+
+    # ---------------------------------------------------------------------------------------------
+    # The update step.
+    # ---------------------------------------------------------------------------------------------
+    def loss_fn(params, model_state, batch, rng):
+        variables = {"params": params, **model_state}
+        logits, new_model_state = model.apply(
+            variables,
+            batch[task.input_key],
+            train=True,
+            rngs={"dropout": rng},
+            mutable=list(model_state),
+        )
+        loss, metrics = task.train_loss(logits, batch, config)
+        return loss, (metrics, dict(new_model_state))
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def train_step(state: dict, batch: dict) -> tuple[dict, dict]:
+        rng = jax.random.fold_in(dropout_key, state["step"])
+        model_state = state["model_state"]
+        grads, losses, step_metrics = None, [], []
+        # Gradient accumulation: micro-batch i takes rows i, i+k, i+2k, ... so that each device
+        # contributes equally to every micro-batch. Unrolled rather than scanned: convolutions
+        # inside lax.scan are ~25x slower on XLA:CPU (JAX issue #12868).
+        for i in range(accum_steps):
+            micro = jax.tree.map(lambda x, i=i: x[i::accum_steps], batch)
+            (loss, (metrics, model_state)), g = grad_fn(
+                state["params"], model_state, micro, jax.random.fold_in(rng, i)
+            )
+            grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
+            losses.append(loss)
+            step_metrics.append(metrics)
+        grads = jax.tree.map(lambda g: g / accum_steps, grads)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        ema_params = optim.ema_update(state["ema_params"], params, ema_decay) if ema_decay else {}
+        new_state = {
+            "step": state["step"] + 1,
+            "params": params,
+            "model_state": model_state,
+            "opt_state": opt_state,
+            "ema_params": ema_params,
+        }
+        metrics = jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *step_metrics)
+        metrics |= {
+            "loss": jnp.mean(jnp.stack(losses)),
+            "grad_norm": optax.global_norm(grads),
+            "learning_rate": schedule(state["step"]),
+        }
+        return new_state, metrics
+
+    train_step = jax.jit(
+        train_step,
+        in_shardings=(state_sharding, batch_sharding),
+        out_shardings=(state_sharding, parallel.replicated(mesh)),
+        donate_argnums=0,
+    )
+
+    # ---------------------------------------------------------------------------------------------
+    # Evaluation: every example exactly once (padding masked out), on the EMA weights if enabled.
+    # ---------------------------------------------------------------------------------------------
+    @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
+    def eval_step(params, model_state, batch):
+        logits = model.apply({"params": params, **model_state}, batch[task.input_key], train=False)
+        return task.eval_outputs(logits, batch)
+
+    def evaluate(state: dict, split: str) -> tuple[dict[str, float], dict]:
+        """Metrics of the current (or EMA) parameters on a TFDS split."""
+        params = state["ema_params"] if ema_decay else state["params"]
+        collected = []
+        for local in data.eval_batches(
+            config.data,
+            split,
+            global_batch_size=tc.get("eval_batch_size", tc.batch_size),
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        ):
+            batch = parallel.global_batch(local, mesh)
+            outputs, mask = parallel.gather(
+                (eval_step(params, state["model_state"], batch), batch["mask"])
+            )
+            collected.append(jax.tree.map(lambda x, m=mask: x[m], outputs))
+        outputs = jax.tree.map(lambda *xs: np.concatenate(xs), *collected)
+        return task.summarize(outputs, info)
+
+    # ---------------------------------------------------------------------------------------------
+    # Checkpoint: resume from the newest readable step, or initialise.
+    # ---------------------------------------------------------------------------------------------
+    best_metric = tc.get("best_metric", "")
+    best_mode = tc.get("best_mode", "max")
+    ckpt = checkpoint.Checkpointer(
+        wd / "checkpoints",
+        keep=tc.get("keep_checkpoints", 3),
+        best_metric=best_metric,
+        best_mode=best_mode,
+    )
+    abstract_with_sharding = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        abstract_state,
+        state_sharding,
+    )
+    restored = ckpt.restore(abstract_with_sharding)
+    if restored is None:
+        state = jax.jit(init_state, out_shardings=state_sharding)(init_key)
+        meta = {
+            "best_value": None,
+            "best_step": None,
+            "evals_since_best": 0,
+            "wall_s": 0.0,
+            "stopped_early": False,
+        }
+        step = 0
+    else:
+        step, state, data_state, meta = restored
+        train_iter.set_state(data_state)
+        log.info("resumed from step %d", step)
+    writer = MetricWriter(wd, enabled=is_main, resume_step=step)
+
+    def save(step: int, eval_metrics: dict | None = None) -> None:
+        meta["wall_s"] = elapsed()
+        ckpt.save(step, state, train_iter.get_state(), meta, eval_metrics)
+
+    wall_before = meta["wall_s"]
+    elapsed = lambda: wall_before + time.time() - started
+
+    # ---------------------------------------------------------------------------------------------
+    # The loop.
+    # ---------------------------------------------------------------------------------------------
+    if is_main:
+        print(
+            f"{config.experiment}: {num_params:,} parameters, {jax.device_count()} device(s), "
+            f"steps {step}->{tc.steps}, batch {tc.batch_size}",
+            flush=True,
+        )
+    bar = tqdm.tqdm(
+        total=tc.steps,
+        initial=step,
+        disable=not (is_main and sys.stderr.isatty()),
+        dynamic_ncols=True,
+    )
+    pending, window_start, window_steps = [], time.time(), 0
+    while step < tc.steps and not meta["stopped_early"]:
+        batch = parallel.global_batch(next(train_iter), mesh)
+        state, metrics = train_step(state, batch)
+        step += 1
+        window_steps += 1
+        pending.append(metrics)
+        bar.update(1)
+
+        if step % tc.log_every_steps == 0 or step == tc.steps:
+            means = jax.tree.map(lambda *xs: float(np.mean(xs)), *jax.device_get(pending))
+            seconds = time.time() - window_start
+            means["steps_per_s"] = window_steps / seconds
+            means["examples_per_s"] = window_steps * tc.batch_size / seconds
+            if not np.isfinite(means["loss"]):
+                raise FloatingPointError(f"non-finite loss at step {step}")
+            writer.write(step, "train", means)
+            bar.set_postfix(loss=f"{means['loss']:.4f}", steps_s=f"{means['steps_per_s']:.1f}")
+            if is_main and bar.disable:  # No terminal (CI, logs): one plain line per log step.
+                print(
+                    f"step {step}/{tc.steps}  loss {means['loss']:.4f}  {means['steps_per_s']:.1f} steps/s",
+                    flush=True,
+                )
+            pending, window_start, window_steps = [], time.time(), 0
+
+        eval_metrics = None
+        if step % tc.eval_every_steps == 0 or step == tc.steps:
+            values, _ = evaluate(state, config.data.eval_split)
+            writer.write(step, "eval", values)
+            eval_metrics = {f"eval/{k}": v for k, v in values.items()}
+            if best_metric:
+                update_best(
+                    meta,
+                    step,
+                    eval_metrics[best_metric],
+                    best_mode,
+                    tc.get("early_stopping_patience", 0),
+                )
+            window_start = time.time()  # Keep evaluation out of the throughput numbers.
+
+        if (
+            step % tc.checkpoint_every_steps == 0
+            or step == tc.steps
+            or meta["stopped_early"]
+            or eval_metrics
+        ):
+            save(step, eval_metrics)
+    bar.close()
+    ckpt.wait()
+
+    # ---------------------------------------------------------------------------------------------
+    # Final evaluation on the test split.
+    # ---------------------------------------------------------------------------------------------
+    test_metrics, details = evaluate(state, config.data.test_split)
+    writer.write(step, "test", test_metrics)
+    writer.close()
+    ckpt.close()
+    metrics = {f"test/{k}": v for k, v in test_metrics.items()}
+    last_eval = [r for r in read_metrics(wd) if r["split"] == "eval" and r["step"] == step]
+    if last_eval:
+        metrics |= {f"eval/{k}": v for k, v in last_eval[-1].items() if k not in ("step", "split")}
+    result = workdir.results(
+        config,
+        step,
+        elapsed(),
+        metrics,
+        num_params=num_params,
+        best_step=meta["best_step"],
+        stopped_early=meta["stopped_early"],
+        details={"test": {k: v for k, v in details.items() if k != "text_report"}},
+    )
+    if is_main:
+        workdir.write_json(wd / "results.json", result)
+        print(task.report(details), flush=True)
+        print(summary_line(result), flush=True)
+    return result
+
+
+def update_best(meta: dict, step: int, value: float, mode: str, patience: int) -> None:
+    """Track the best eval metric; set meta["stopped_early"] after `patience` evals without gain."""
+    better = meta["best_value"] is None or (
+        value > meta["best_value"] if mode == "max" else value < meta["best_value"]
+    )
+    if better:
+        meta.update(best_value=value, best_step=step, evals_since_best=0)
+    else:
+        meta["evals_since_best"] += 1
+        if patience and meta["evals_since_best"] >= patience:
+            meta["stopped_early"] = True
+
+
+def summary_line(result: dict[str, Any]) -> str:
+    """One line: the headline metrics and whether the expected result was met."""
+    shown = {k: v for k, v in result["metrics"].items() if k.startswith("test/")}
+    text = "  ".join(f"{k} {v:.4f}" for k, v in shown.items())
+    expected = result["expected"]
+    if expected:
+        verdict = {True: "MET", False: "NOT MET", None: "n/a"}[result["expected_met"]]
+        text += (
+            f"\nexpected {expected['metric']} {expected.get('comparison', '>=')} {expected['value']}"
+            f" (tolerance {expected.get('tolerance', 0.0)}; {expected.get('source', '')}): {verdict}"
+        )
+    return f"step {result['step']}  {result['wall_s']:.1f}s  {text}"

@@ -88,6 +88,7 @@ def defaults() -> ml_collections.ConfigDict:
             "decay_steps": 0,  # 0 = train.steps.
             "boundaries": (),  # Piecewise: multiply by decay_factor at these steps.
             "decay_factor": 0.1,
+            "scales": (),  # Piecewise: one factor per boundary instead of decay_factor.
         }
     )
     c.train = ml_collections.ConfigDict(
@@ -117,6 +118,21 @@ def defaults() -> ml_collections.ConfigDict:
         }
     )
     return c
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+    """Parse a variant string such as "smoke" or "depth=56,smoke" into fields (cf. big_vision).
+
+    Bare words become True; `key=value` values take the type of the default. Unknown keys are
+    errors, so a typo in a variant name cannot silently run the baseline.
+    """
+    fields = dict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, sep, value = item.partition("=")
+        if key not in fields:
+            raise ConfigError(f"unknown variant {key!r}; this experiment knows {sorted(fields)}")
+        fields[key] = _parse_value(value, fields[key], key) if sep else True
+    return ml_collections.ConfigDict(fields)
 
 
 # ---------------------------------------------------------------------------------------------

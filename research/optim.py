@@ -69,10 +69,15 @@ def _warmup_linear(sc: ml_collections.ConfigDict, lr: float, decay_steps: int) -
 
 
 def _piecewise(sc: ml_collections.ConfigDict, lr: float, decay_steps: int) -> optax.Schedule:
-    """lr multiplied by decay_factor at each boundary: He et al. 2016, 0.1 -> /10 at 32k and 48k."""
+    """lr multiplied by decay_factor at each boundary: He et al. 2016, 0.1 -> /10 at 32k and 48k.
+
+    `scales`, when given, sets one factor per boundary instead, e.g. He et al.'s ResNet-110 warm-up:
+    learning_rate=0.01, boundaries=(400, 32000, 48000), scales=(10, 0.1, 0.1).
+    """
     # optax applies a factor once step >= boundary, so step 32000 already uses 0.01.
+    scales = sc.get("scales") or (sc.decay_factor,) * len(sc.boundaries)
     return optax.piecewise_constant_schedule(
-        lr, {int(step): sc.decay_factor for step in sc.boundaries}
+        lr, {int(step): float(scale) for step, scale in zip(sc.boundaries, scales)}
     )
 
 
@@ -249,6 +254,14 @@ def validate(
             f"schedule.boundaries must be positive, strictly increasing; got {tuple(boundaries)}",
         ),
         (sc.decay_factor > 0, f"schedule.decay_factor must be > 0, got {sc.decay_factor}"),
+        (
+            not sc.get("scales") or len(sc.scales) == len(boundaries),
+            f"schedule.scales has {len(sc.get('scales') or ())} factors for {len(boundaries)} boundaries",
+        ),
+        (
+            all(f > 0 for f in sc.get("scales") or ()),
+            f"schedule.scales must all be > 0, got {tuple(sc.get('scales') or ())}",
+        ),
         (
             sc.name != "rsqrt" or sc.warmup_steps >= 1,
             "schedule.name='rsqrt' needs schedule.warmup_steps >= 1 (the peak step; Vaswani: 4000)",

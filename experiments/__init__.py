@@ -1,0 +1,1 @@
+"""One file per full run; each `get_config(arg=None)` returns its complete config."""

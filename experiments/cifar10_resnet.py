@@ -1,0 +1,78 @@
+"""CIFAR-10 ResNets of He et al. 2016 ("Deep Residual Learning for Image Recognition", Sec. 4.2).
+
+    python launch.py --config=experiments/cifar10_resnet.py:depth=20 --workdir=runs/c10_r20
+    python launch.py --config=experiments/cifar10_resnet.py:depth=110 --workdir=runs/c10_r110
+
+The recipe, exactly as Section 4.2 gives it: depth 6n+2 with widths 16/32/64 and option-A
+(zero-padding) shortcuts; batch 128; SGD with momentum 0.9 and weight decay 1e-4; learning rate
+0.1, divided by 10 at 32k and 48k iterations, stop at 64k; 4-pixel padding, random 32x32 crop and
+horizontal flip; 45k/5k train/val split; test on the 10k test images. ResNet-110 warms up at 0.01
+for the first 400 iterations ("until the training error is below 80%"), then 0.1.
+Choices the paper leaves open: per-channel mean/std normalisation (the paper subtracts the
+per-pixel mean); weight decay on every parameter, BatchNorm included (as Caffe and PyTorch apply it).
+Expected test accuracy (Table 6, 100 - error): ResNet-20 91.25, 32 92.49, 44 92.83, 56 93.03,
+110 93.57 (best of 5 runs; mean 93.39 +/- 0.16).
+Data: TFDS cifar10, which downloads and is prepared once (needs `pip install tensorflow-cpu`; see
+README). Runtime: see the per-depth files (cifar10_resnet20.py, ...).
+"""
+
+import ml_collections
+
+from research.config import defaults, parse_arg
+
+# He et al. 2016, Table 6: test error (%) on CIFAR-10 -> accuracy.
+PAPER_ACCURACY = {20: 0.9125, 32: 0.9249, 44: 0.9283, 56: 0.9303, 110: 0.9357}
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # Per-channel statistics of the 50k training images.
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """He et al.'s CIFAR-10 recipe for ResNet-`depth`; variant `smoke` runs on mock data."""
+    variant = parse_arg(arg, depth=20, shortcut="A", smoke=False)
+    c = defaults()
+    c.model = dict(name="resnet", depth=variant.depth, shortcut=variant.shortcut, num_classes=10)
+    c.data.name = "cifar10"
+    c.data.train_split = "train[:45000]"
+    c.data.eval_split = "train[45000:]"
+    c.data.test_split = "test"
+    c.data.mean = CIFAR10_MEAN
+    c.data.std = CIFAR10_STD
+    c.data.augment.crop_padding = 4
+    c.data.augment.flip = True
+
+    c.optimizer.name = "sgd"
+    c.optimizer.learning_rate = 0.1
+    c.optimizer.momentum = 0.9
+    c.optimizer.weight_decay = 1e-4
+    c.optimizer.decay_mask = "all"
+    c.schedule.name = "piecewise"
+    c.schedule.boundaries = (32000, 48000)
+    c.schedule.decay_factor = 0.1
+    if variant.depth >= 110:  # Sec. 4.2: 0.01 until training error < 80% (~400 iterations).
+        c.optimizer.learning_rate = 0.01
+        c.schedule.boundaries = (400, 32000, 48000)
+        c.schedule.scales = (10.0, 0.1, 0.1)
+
+    c.train.steps = 64000
+    c.train.batch_size = 128
+    c.train.log_every_steps = 100
+    c.train.eval_every_steps = 2000
+    c.train.checkpoint_every_steps = 2000
+
+    if variant.depth in PAPER_ACCURACY:
+        c.expected.metric = "test/accuracy"
+        c.expected.value = PAPER_ACCURACY[variant.depth]
+        c.expected.tolerance = 0.005  # Run-to-run spread; the paper's 110-layer std is 0.16%.
+        c.expected.comparison = ">="
+        c.expected.source = f"He et al. 2016, Table 6 (ResNet-{variant.depth})"
+
+    if variant.smoke:  # Mock CIFAR-10 (random images of the real shapes), a few steps.
+        c.data.mock = True
+        c.train.steps = 4
+        c.train.batch_size = 16
+        c.train.eval_batch_size = 64
+        c.train.log_every_steps = 2
+        c.train.eval_every_steps = 2
+        c.train.checkpoint_every_steps = 2
+        c.expected.metric = ""
+    return c

@@ -1,0 +1,131 @@
+"""CIFAR ResNets (He et al. 2016, "Deep Residual Learning for Image Recognition", Section 4.2).
+
+depth = 6n + 2: a 3x3 conv, three stages of n basic blocks at widths 16/32/64 on
+32x32/16x16/8x8 maps, global average pooling, a dense head. ResNet-20 with option A
+shortcuts has 269,722 parameters (Table 6: 0.27M).
+"""
+
+from collections.abc import Callable, Sequence
+from functools import partial
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# He et al. 2015 ("Delving Deep into Rectifiers") normal init, fan-out mode as in torchvision.
+he_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# LeCun normal for the head: flax's Dense default, written out.
+lecun_normal = nn.initializers.lecun_normal()
+
+# He et al. 2016, Sections 3.3, 4.1: (A) zero-padded identity, parameter-free;
+# (B) 1x1 projection where the shape changes, identity elsewhere.
+SHORTCUTS = ("A", "B")
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with BN, added to a shortcut, then ReLU (He et al. 2016, Fig. 2)."""
+
+    features: int
+    strides: int
+    conv: Callable[..., nn.Module]
+    norm: Callable[..., nn.Module]
+    shortcut: str = "A"
+    zero_init_residual: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Block output for NHWC input `x`."""
+        y = self.conv(self.features, (3, 3), strides=self.strides)(x)
+        y = nn.relu(self.norm()(y))
+        y = self.conv(self.features, (3, 3))(y)
+        # Goyal et al. 2017 ("Accurate, Large Minibatch SGD", Section 5.1): gamma = 0 in the
+        # last BN makes each block start as the identity.
+        zero_init = self.zero_init_residual
+        y = self.norm(scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones)(y)
+
+        if x.shape != y.shape:
+            if self.shortcut == "A":
+                # Subsample spatially, then pad the new channels with zeros.
+                x = x[:, :: self.strides, :: self.strides, :]
+                x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, self.features - x.shape[-1])))
+            else:
+                x = self.conv(self.features, (1, 1), strides=self.strides, name="proj_conv")(x)
+                x = self.norm(name="proj_norm")(x)
+        return nn.relu(y + x)
+
+
+class CifarResNet(nn.Module):
+    """ResNet-(6n+2) for 32x32 images (He et al. 2016, Section 4.2)."""
+
+    num_classes: int = 10
+    depth: int = 20
+    widths: Sequence[int] = (16, 32, 64)
+    shortcut: str = "A"
+    zero_init_residual: bool = False
+    dtype: str = "float32"
+    # Named mesh/pmap axis over which BatchNorm averages its batch statistics (sync BN).
+    bn_axis_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.depth - 2) % 6 != 0 or self.depth < 8:
+            raise ValueError(
+                f"CifarResNet depth must be 6n+2 with n >= 1 (8, 20, 32, 44, 56, 110, ...), "
+                f"got {self.depth}"
+            )
+        if self.shortcut not in SHORTCUTS:
+            raise ValueError(
+                f"unknown CifarResNet shortcut {self.shortcut!r}; choose one of {SHORTCUTS}"
+            )
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """Logits [B, num_classes] for images [B, H, W, C]; BN statistics in "batch_stats"."""
+        dtype = jnp.dtype(self.dtype)
+        conv = partial(
+            nn.Conv,
+            padding="SAME",
+            use_bias=False,  # BN right after makes a conv bias redundant
+            kernel_init=he_normal_fan_out,
+            dtype=dtype,
+            param_dtype=jnp.float32,
+        )
+        # PyTorch's BN momentum 0.1 is flax's 0.9 (weight on the old running average).
+        norm = partial(
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=0.9,
+            epsilon=1e-5,
+            axis_name=self.bn_axis_name,
+            dtype=dtype,
+            param_dtype=jnp.float32,
+        )
+        blocks_per_stage = (self.depth - 2) // 6
+
+        x = conv(self.widths[0], (3, 3), name="stem_conv")(x)
+        x = nn.relu(norm(name="stem_norm")(x))
+        for stage, width in enumerate(self.widths):
+            for block in range(blocks_per_stage):
+                x = BasicBlock(
+                    features=width,
+                    strides=2 if stage > 0 and block == 0 else 1,
+                    conv=conv,
+                    norm=norm,
+                    shortcut=self.shortcut,
+                    zero_init_residual=self.zero_init_residual,
+                    name=f"stage{stage + 1}_block{block + 1}",
+                )(x)
+        x = jnp.mean(x, axis=(1, 2))
+        x = nn.Dense(
+            self.num_classes, kernel_init=lecun_normal, dtype=dtype, param_dtype=jnp.float32
+        )(x)
+        return x.astype(jnp.float32)
+
+
+# Sizes as data (He et al. 2016, Table 6).
+ResNetTiny = partial(CifarResNet, depth=8, widths=(4, 8, 16))  # for tests
+ResNet20 = partial(CifarResNet, depth=20)
+ResNet32 = partial(CifarResNet, depth=32)
+ResNet44 = partial(CifarResNet, depth=44)
+ResNet56 = partial(CifarResNet, depth=56)
+ResNet110 = partial(CifarResNet, depth=110)

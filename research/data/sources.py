@@ -1,0 +1,148 @@
+"""TFDS splits as random-access sources, through `tfds.data_source` (ArrayRecord, no TensorFlow).
+
+`data.name` is a TFDS name. "digits" is our local builder (research/data/digits.py), prepared on
+first use from scikit-learn's bundled copy; every other name ("mnist", "cifar10", ...) is TFDS's
+own. Preparing those downloads the data and PNG-encodes images through TensorFlow, so on a machine
+without it `open_split` raises `DatasetUnavailable` with the one command that fixes it. Reading a
+prepared ArrayRecord dataset never needs TensorFlow (images are decoded with PIL).
+
+`data.mock=True` swaps every read for `tfds.testing.mock_data`, which in this TFDS version patches
+`DatasetBuilder.as_data_source` (hence `tfds.data_source`): the returned source has
+`MOCK_NUM_EXAMPLES` random examples with the dataset's real feature shapes and dtypes, known
+from the builder's code without any files. Every split, whatever its slice, gets the same examples.
+The rest of the pipeline (grain, augmentation, batching) runs unchanged, so smoke tests of
+"cifar10" exercise the real code path offline.
+"""
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+
+from research.data import digits  # noqa: F401  (registers the "digits" builder with TFDS)
+
+MOCK_NUM_EXAMPLES = 512
+
+# Splits up to this size are decoded into memory once (CIFAR-10's train split is 150 MB, MNIST's
+# 47 MB): reading and decoding one example from ArrayRecord costs ~50 us (more for PNG), several
+# times everything else the pipeline does to it. Larger splits are read lazily.
+IN_MEMORY_MAX_BYTES = 2 * 2**30
+
+# ArrayRecord is the TFDS format with random access, which grain's global shuffle needs.
+_BUILDER_KWARGS = dict(file_format="array_record")
+
+
+class DatasetUnavailable(RuntimeError):
+    """The dataset is neither prepared in data.data_dir nor preparable here; says what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What the trainer needs to know about an image-classification dataset."""
+
+    num_classes: int
+    class_names: list[str]
+    input_shape: tuple[int, ...]  # (height, width, channels) of one example
+    num_train: int  # examples in data.train_split
+
+
+def open_split(data_config: ml_collections.ConfigDict, split: str) -> Sequence[dict[str, Any]]:
+    """Random-access source of `split`, a TFDS split string such as "train[:90%]"."""
+    name = data_config.name
+    if data_config.get("mock", False):
+        # USE_CODE: feature shapes from the builder's code; never look for metadata files.
+        with tfds.testing.mock_data(
+            num_examples=MOCK_NUM_EXAMPLES, policy=tfds.testing.MockPolicy.USE_CODE
+        ):
+            return tfds.data_source(name, split=split, builder_kwargs=_BUILDER_KWARGS)
+
+    data_dir = data_config.get("data_dir") or None  # None: TFDS's default, ~/tensorflow_datasets.
+    read = dict(split=split, data_dir=data_dir, builder_kwargs=_BUILDER_KWARGS)
+    try:
+        return tfds.data_source(
+            name,
+            download=True,  # a no-op once prepared
+            # TFDS's hosted copies are TFRecord only, so asking for them costs a network round trip
+            # (or a timeout offline) and never yields ArrayRecord.
+            download_and_prepare_kwargs=dict(
+                download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+            ),
+            **read,
+        )
+    except Exception as prepare_error:
+        # Two processes preparing into one data_dir race to rename their temporary directories;
+        # the loser's rename fails, but the winner's dataset is there to read.
+        try:
+            return tfds.data_source(name, download=False, **read)
+        except Exception:
+            message = _unavailable_message(name, split, data_dir, prepare_error)
+            raise DatasetUnavailable(message) from prepare_error
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySource:
+    """A split decoded into memory: the same examples as its TFDS source, at numpy-indexing cost."""
+
+    images: np.ndarray  # [N, H, W, C]
+    labels: np.ndarray  # [N]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        return {"image": self.images[index], "label": self.labels[index]}
+
+
+def in_memory(source: Sequence[dict[str, Any]]) -> Sequence[dict[str, Any]]:
+    """`source` decoded into an `ArraySource` if it fits IN_MEMORY_MAX_BYTES, else `source`."""
+    image_feature = source.dataset_info.features["image"]
+    image_bytes = np.prod(image_feature.shape) * np.dtype(image_feature.np_dtype).itemsize
+    if len(source) * image_bytes > IN_MEMORY_MAX_BYTES:
+        return source
+    images = np.empty((len(source), *image_feature.shape), image_feature.np_dtype)
+    labels = np.empty((len(source),), np.int64)
+    # One example at a time: tfds's mock sources do not implement batched reads (__getitems__).
+    for index in range(len(source)):
+        example = source[index]
+        images[index], labels[index] = example["image"], example["label"]
+    return ArraySource(images, labels)
+
+
+def image_shape(source: Sequence[dict[str, Any]]) -> tuple[int, ...]:
+    """(height, width, channels) of the images of a source from `open_split`."""
+    shape = tuple(source.dataset_info.features["image"].shape)
+    if None in shape:
+        raise ValueError(
+            f"TFDS dataset {source.dataset_info.name!r} has images of varying size {shape}; "
+            "this pipeline needs a fixed (height, width, channels)"
+        )
+    return shape
+
+
+def info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
+    """Classes, example shape and training-set size of the configured dataset."""
+    train = open_split(data_config, data_config.train_split)
+    # The prepared dataset's own info: it carries the class names found while preparing
+    # (TFDS's cifar10 code, for one, only knows them as "0".."9").
+    label = train.dataset_info.features["label"]
+    return DatasetInfo(
+        num_classes=label.num_classes,
+        class_names=list(label.names),
+        input_shape=image_shape(train),
+        num_train=len(train),
+    )
+
+
+def _unavailable_message(name: str, split: str, data_dir: str | None, error: Exception) -> str:
+    where = data_dir or tfds.core.constants.DATA_DIR
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return (
+        f"TFDS dataset {name!r} (split {split!r}) is not prepared in {where} and could not be "
+        f"prepared here ({type(error).__name__}: {reason}). Prepare it once on a machine with "
+        "network access: `pip install tensorflow-cpu importlib_resources && tfds build "
+        f"{name} --file_format=array_record --data_dir=DIR`, then set --config.data.data_dir=DIR "
+        "(or --config.data.mock=true for a smoke test on random data)."
+    )

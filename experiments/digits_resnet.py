@@ -21,6 +21,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = defaults()
     c.model = dict(name="resnet", depth=variant.depth, shortcut=variant.shortcut, num_classes=10)
     c.data.name = "digits"
+    c.data.image_scale = 1 / 16  # Digit pixels are 0..16.
     c.data.augment.translate = 0.1
 
     c.optimizer.name = "sgd"

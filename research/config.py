@@ -52,6 +52,7 @@ def defaults() -> ml_collections.ConfigDict:
             "train_split": "train",
             "eval_split": "test",
             "test_split": "test",
+            "image_scale": 1 / 255,  # Pixels to [0, 1]: 1/255 for uint8 images, 1/16 for digits.
             "mean": (),  # Per-channel normalisation after scaling to [0, 1]; () = none.
             "std": (),
             "augment": {

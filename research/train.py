@@ -36,8 +36,12 @@ def run(
     *,
     argv: list[str] = (),
     force: bool = False,
+    stop_after_step: int | None = None,
 ) -> dict:
     """Train and evaluate `config` in `workdir_path`, resuming if it holds a checkpoint.
+
+    `stop_after_step` ends this process after that step, checkpointed (for jobs with a time limit:
+    the next launch resumes); the final test evaluation then waits for the run's last step.
 
     Raises ConfigError / data.DatasetUnavailable before writing anything when the workdir holds
     another experiment's run or the data cannot be read.
@@ -242,7 +246,8 @@ def run(
         dynamic_ncols=True,
     )
     pending, window_start, window_steps = [], time.time(), 0
-    while step < tc.steps and not meta["stopped_early"]:
+    last_step = min(tc.steps, stop_after_step or tc.steps)
+    while step < last_step and not meta["stopped_early"]:
         batch = parallel.global_batch(next(train_iter), mesh)
         state, metrics = train_step(state, batch)
         step += 1
@@ -283,13 +288,19 @@ def run(
 
         if (
             step % tc.checkpoint_every_steps == 0
-            or step == tc.steps
+            or step == last_step
             or meta["stopped_early"]
             or eval_metrics
         ):
             save(step, eval_metrics)
     bar.close()
     ckpt.wait()
+    if step < tc.steps and not meta["stopped_early"]:
+        writer.close()
+        ckpt.close()
+        if is_main:
+            print(f"stopped after step {step} of {tc.steps}; launch again to resume", flush=True)
+        return {"experiment": config.experiment, "step": step, "finished": False}
 
     # ---------------------------------------------------------------------------------------------
     # Final evaluation on the test split.

@@ -34,6 +34,12 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     parser.add_argument(
         "--force", action="store_true", help="reuse a workdir that holds another experiment"
     )
+    parser.add_argument(
+        "--stop_after_step",
+        type=int,
+        default=None,
+        help="checkpoint and exit after this step (resume later)",
+    )
     args, rest = parser.parse_known_args(argv)
     return args, parse_overrides(rest)
 
@@ -53,7 +59,13 @@ def main(argv: list[str]) -> int:
         validate(config, device_count=jax.device_count())
         from research import train
 
-        train.run(config, args.workdir, argv=[sys.argv[0], *argv], force=args.force)
+        train.run(
+            config,
+            args.workdir,
+            argv=[sys.argv[0], *argv],
+            force=args.force,
+            stop_after_step=args.stop_after_step,
+        )
     except (ConfigError, DatasetUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE

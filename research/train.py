@@ -245,18 +245,18 @@ def run(
         disable=not (is_main and sys.stderr.isatty()),
         dynamic_ncols=True,
     )
-    pending, window_start, window_steps = [], time.time(), 0
+    window_start, window_steps = time.time(), 0
     last_step = min(tc.steps, stop_after_step or tc.steps)
     while step < last_step and not meta["stopped_early"]:
         batch = parallel.global_batch(next(train_iter), mesh)
         state, metrics = train_step(state, batch)
         step += 1
         window_steps += 1
-        pending.append(metrics)
         bar.update(1)
 
         if step % tc.log_every_steps == 0 or step == tc.steps:
-            means = jax.tree.map(lambda *xs: float(np.mean(xs)), *jax.device_get(pending))
+            # The logged step's own metrics (not a window mean), so a resumed run logs the same.
+            means = {k: float(v) for k, v in jax.device_get(metrics).items()}
             seconds = time.time() - window_start
             means["steps_per_s"] = window_steps / seconds
             means["examples_per_s"] = window_steps * tc.batch_size / seconds
@@ -269,7 +269,7 @@ def run(
                     f"step {step}/{tc.steps}  loss {means['loss']:.4f}  {means['steps_per_s']:.1f} steps/s",
                     flush=True,
                 )
-            pending, window_start, window_steps = [], time.time(), 0
+            window_start, window_steps = time.time(), 0
 
         eval_metrics = None
         if step % tc.eval_every_steps == 0 or step == tc.steps:

@@ -66,7 +66,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.expected.comparison = ">="
         c.expected.source = f"He et al. 2016, Table 6 (ResNet-{variant.depth})"
 
-    if variant.smoke:  # Mock CIFAR-10 (random images of the real shapes), a few steps.
+    if variant.smoke:  # ResNet-8 on mock CIFAR-10 (random images of the real shapes), a few steps.
+        c.model.depth = 8
         c.data.mock = True
         c.train.steps = 4
         c.train.batch_size = 16

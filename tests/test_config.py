@@ -67,7 +67,8 @@ def test_variant_parsing():
     with pytest.raises(cfg.ConfigError, match="unknown variant 'dpeth'"):
         cfg.parse_arg("dpeth=56", depth=20)
     c = cfg.load_experiment("experiments/cifar10_resnet56.py:smoke")
-    assert (c.model.depth, c.data.mock, c.experiment) == (56, True, "cifar10_resnet56:smoke")
+    assert (c.model.depth, c.data.mock, c.experiment) == (8, True, "cifar10_resnet56:smoke")
+    assert cfg.load_experiment("experiments/cifar10_resnet56.py").model.depth == 56
 
 
 def test_resnet110_warmup_schedule():

@@ -3,6 +3,12 @@
     python launch.py --config=experiments/digits_cnn.py --workdir=runs/digits \\
         --config.optimizer.learning_rate=0.05
     python launch.py train --config=experiments/digits_cnn.py:smoke --workdir=runs/smoke
+    python launch.py sweep --config=experiments/digits_cnn.py --workdir=sweeps/digits --parallel=2
+    python launch.py report sweeps/digits          # also: a run, or several run workdirs --out=DIR
+
+`sweep` runs the cells an experiment's `sweep()` declares (research/sweep.py), or with --slurm
+writes them as a SLURM job array (research/slurm.py); `report` tabulates and plots finished runs
+(research/report.py). `launch.py sweep -h` and `launch.py report -h` list their flags.
 
 Mistakes (unknown key, wrong type, invalid value, missing file or data, a workdir holding another
 experiment) print one line starting with "error:" and exit with status 2 before anything compiles.
@@ -52,6 +58,10 @@ def main(argv: list[str]) -> int:
     from research.data import DatasetUnavailable
 
     try:
+        if argv[:1] == ["sweep"]:
+            return sweep_command(argv[1:])
+        if argv[:1] == ["report"]:
+            return report_command(argv[1:])
         args, overrides = parse(argv)
         config = build_config(args.config, overrides)
         import jax
@@ -69,6 +79,76 @@ def main(argv: list[str]) -> int:
     except (ConfigError, DatasetUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    return 0
+
+
+def sweep_command(argv: list[str]) -> int:
+    """`launch.py sweep`: run a sweep's unfinished runs locally, or write a SLURM job array."""
+    from research import slurm, sweep
+
+    parser = argparse.ArgumentParser(
+        prog="launch.py sweep",
+        description=sweep.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config", required=True, help="experiment file defining sweep(), optionally :arg"
+    )
+    parser.add_argument(
+        "--workdir", required=True, help="the sweep's directory (one run workdir per cell and seed)"
+    )
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=None,
+        help="runs at a time (default 1; with --slurm: array tasks at a time, default no cap)",
+    )
+    parser.add_argument(
+        "--slurm", action="store_true", help="write a SLURM job-array script instead of running"
+    )
+    parser.add_argument(
+        "--submit", action="store_true", help="with --slurm: submit the script with sbatch"
+    )
+    parser.add_argument(
+        "--sbatch",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help="with --slurm: an #SBATCH line, e.g. --sbatch=--time=02:00:00 (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    if args.slurm:
+        slurm.write(
+            args.config,
+            args.workdir,
+            submit=args.submit,
+            parallel=args.parallel,
+            options=args.sbatch,
+        )
+        return 0
+    return sweep.run_local(args.config, args.workdir, parallel=args.parallel)
+
+
+def report_command(argv: list[str]) -> int:
+    """`launch.py report`: tables and plots of finished runs (a sweep, a run, or several runs)."""
+    from research import report
+
+    parser = argparse.ArgumentParser(
+        prog="launch.py report",
+        description=report.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("paths", nargs="+", help="sweep or run workdirs")
+    parser.add_argument(
+        "--out", default=None, help="where the report goes (default: <path>/report)"
+    )
+    parser.add_argument(
+        "--metric",
+        default=None,
+        help="metric of the delta column and bar chart (default: the expected one, else test/accuracy)",
+    )
+    args = parser.parse_args(argv)
+    print(report.report(args.paths, out=args.out, metric=args.metric))
     return 0
 
 

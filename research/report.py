@@ -1,0 +1,547 @@
+"""Ablation reports: one row per cell with seeds aggregated, deltas vs the baseline, paper checks, plots.
+
+    python launch.py report sweeps/digits                    # a sweep (research/sweep.py)
+    python launch.py report runs/a runs/b --out=reports/ab   # any run workdirs, or a single one
+
+Runs are the directories holding a config.json (searched recursively). Runs of a sweep are grouped
+by their cell (cell.json); other runs are grouped when their configs differ only in `train.seed`.
+The baseline is the sweep's first cell, or else the first group. Writes into --out (default:
+<path>/report) and prints report.md:
+
+    report.md        the table (Markdown), expected-result checks, unfinished runs
+    table.csv        every final metric: mean, std, n, delta vs baseline and its 95% interval
+    checks.csv       achieved vs expected for runs whose config declares `expected`
+    curves.png       train and eval curves per cell: mean over seeds, min-max band shaded
+    bars_<metric>.png  the chosen metric per cell: mean, 95% t-interval, one dot per seed
+
+Intervals are t-based (research/stats.py). Only runs with results.json enter the table; the curves
+include unfinished runs up to where they are.
+"""
+
+import csv
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from research import stats
+from research.config import ConfigError
+from research.sweep import SEED_KEY, cell_dirname
+from research.workdir import expected_met
+from research.writer import read_metrics
+
+
+@dataclasses.dataclass
+class RunRecord:
+    """What a run's workdir says about it."""
+
+    path: Path
+    config: dict[str, Any]
+    results: dict[str, Any] | None  # None until the run finishes.
+    cell: dict[str, Any] | None  # cell.json, for runs made by a sweep.
+    overrides: dict[str, str]  # Command-line overrides, without the seed.
+
+    @property
+    def seed(self) -> int:
+        return self.config.get("train", {}).get("seed", 0)
+
+
+@dataclasses.dataclass
+class Cell:
+    """Runs that differ only in their seed: one row of the table."""
+
+    name: str
+    overrides: dict[str, str]
+    runs: list[RunRecord]
+
+    @property
+    def finished(self) -> list[RunRecord]:
+        return [r for r in self.runs if r.results is not None]
+
+    def values(self, metric: str) -> list[float]:
+        return [
+            float(r.results["metrics"][metric])
+            for r in self.finished
+            if metric in r.results["metrics"]
+        ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding and grouping runs.
+# ---------------------------------------------------------------------------------------------
+
+
+def find_runs(paths: Sequence[str | Path]) -> list[Path]:
+    """Run workdirs named by `paths`: each path is a run or a directory of runs (e.g. a sweep).
+
+    A sweep's runs come in its plan's order (sweep.json), others in path order.
+    """
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            raise ConfigError(f"{path} is not a directory; pass a run or sweep workdir")
+        if (path / "config.json").exists() or (path / "cell.json").exists():
+            runs = [path]
+        else:
+            runs = sorted(
+                {
+                    p.parent
+                    for name in ("config.json", "cell.json")
+                    for p in path.rglob(name)
+                    if "checkpoints" not in p.relative_to(path).parts
+                }
+            )
+            order = _plan_order(path)
+            runs.sort(key=lambda r: order.get(r.resolve(), len(order)))
+        if not runs:
+            raise ConfigError(f"{path} holds no runs (no config.json under it)")
+        found += [r for r in runs if r not in found]
+    return found
+
+
+def _plan_order(sweep_dir: Path) -> dict[Path, int]:
+    """Run directory -> position in the sweep's plan (cells in declared order, then seeds)."""
+    plan = sweep_dir / "sweep.json"
+    if not plan.exists():
+        return {}
+    plan = json.loads(plan.read_text())
+    runs = [(cell, seed) for cell in plan["cells"] for seed in plan["seeds"]]
+    return {
+        (sweep_dir / cell_dirname(cell) / f"seed_{seed}").resolve(): i
+        for i, (cell, seed) in enumerate(runs)
+    }
+
+
+def load_run(path: Path) -> RunRecord:
+    read = lambda name: json.loads((path / name).read_text()) if (path / name).exists() else None
+    cell = read("cell.json")
+    config = read("config.json") or {}
+    if cell is not None:
+        overrides = dict(cell["overrides"])
+        if not config:  # Planned but never started: its seed is in the plan.
+            config = {"train": {"seed": cell["seed"]}}
+    else:
+        command = (read("provenance.json") or {}).get("command") or []
+        overrides = dict(
+            a[len("--config.") :].split("=", 1)
+            for a in command
+            if a.startswith("--config.") and "=" in a
+        )
+    overrides.pop(SEED_KEY, None)
+    return RunRecord(path, config, read("results.json"), cell, overrides)
+
+
+def group(runs: Sequence[RunRecord]) -> list[Cell]:
+    """Cells in order of first appearance; a sweep's runs by cell, others by config minus seed."""
+    cells: dict[tuple, Cell] = {}
+    for run in runs:
+        if run.cell is not None:
+            key = ("sweep", str(run.path.resolve().parent.parent), run.cell["cell"])
+            name = run.cell["cell"]
+        else:
+            config = json.loads(json.dumps(run.config))
+            config.get("train", {}).pop("seed", None)
+            key = ("config", json.dumps(config, sort_keys=True))
+            name = _label(run)
+        if key not in cells:
+            cells[key] = Cell(name, run.overrides, [])
+        cells[key].runs.append(run)
+    names = [c.name for c in cells.values()]
+    for key, cell in cells.items():
+        if names.count(cell.name) > 1:  # Same name in two sweeps, or two unlabeled runs.
+            cell.name = (
+                f"{Path(key[1]).name}/{cell.name}" if key[0] == "sweep" else str(cell.runs[0].path)
+            )
+    return list(cells.values())
+
+
+def _label(run: RunRecord) -> str:
+    experiment = run.config.get("experiment") or run.path.name
+    return " ".join([experiment, *(f"{k}={v}" for k, v in run.overrides.items())])
+
+
+def baseline_of(cells: Sequence[Cell]) -> Cell:
+    """The cell a sweep declared as its baseline (its first), else the first cell."""
+    for cell in cells:
+        for run in cell.runs:
+            if run.cell is not None and run.cell.get("baseline") == run.cell["cell"]:
+                return cell
+    return cells[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The table.
+# ---------------------------------------------------------------------------------------------
+
+
+def metric_names(cells: Sequence[Cell]) -> list[str]:
+    names: list[str] = []
+    for cell in cells:
+        for run in cell.finished:
+            names += [m for m in run.results["metrics"] if m not in names]
+    return names
+
+
+def choose_metric(cells: Sequence[Cell], baseline: Cell, metric: str | None) -> str:
+    """--metric, else the baseline's expected metric, else test/accuracy, else the first metric."""
+    names = metric_names(cells)
+    if not names:
+        raise ConfigError("no run has finished (no results.json); nothing to report yet")
+    if metric is None:
+        expected = [r.results["expected"] for r in baseline.finished if r.results.get("expected")]
+        metric = expected[0]["metric"] if expected else None
+    if metric is None:
+        metric = "test/accuracy" if "test/accuracy" in names else names[0]
+    if metric not in names:
+        raise ConfigError(f"--metric={metric} is not a final metric; choose one of {names}")
+    return metric
+
+
+def rows(cells: Sequence[Cell], baseline: Cell) -> list[dict[str, Any]]:
+    """Per cell: every metric's summary and difference vs the baseline, and wall time."""
+    table = []
+    for cell in cells:
+        row = {"cell": cell, "baseline": cell is baseline, "n": len(cell.finished), "metrics": {}}
+        for metric in metric_names(cells):
+            values = cell.values(metric)
+            delta = stats.difference_interval(values, baseline.values(metric))
+            row["metrics"][metric] = (stats.summarize(values), delta)
+        walls = [float(r.results["wall_s"]) for r in cell.finished]
+        row["wall_s"] = stats.summarize(walls)
+        row["wall_s_total"] = sum(walls)
+        table.append(row)
+    return table
+
+
+def common_overrides(cells: Sequence[Cell]) -> dict[str, str]:
+    """Overrides every cell sets to the same value (shown once, above the table)."""
+    first = cells[0].overrides
+    return {k: v for k, v in first.items() if all(c.overrides.get(k) == v for c in cells)}
+
+
+def _mean_std(s: stats.Summary, digits: int = 4) -> str:
+    if s.n == 0:
+        return "—"
+    return f"{s.mean:.{digits}f}" + (f" ± {s.std:.{digits}f}" if s.n > 1 else "")
+
+
+def _delta(delta: tuple[float, float, float]) -> str:
+    d, lo, hi = delta
+    if math.isnan(d):
+        return "—"
+    return f"{d:+.4f}" + (f" [{lo:+.4f}, {hi:+.4f}]" if not math.isnan(lo) else " [n<2]")
+
+
+def _overrides_text(overrides: dict[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in overrides.items()) or "—"
+
+
+def markdown_table(table: list[dict[str, Any]], shown: list[str], metric: str, common: dict) -> str:
+    head = ["cell", "overrides", "n", *shown, f"Δ {metric} vs baseline [95% CI]", "wall s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table:
+        cell = row["cell"]
+        own = {k: v for k, v in cell.overrides.items() if k not in common}
+        summary, delta = row["metrics"][metric]
+        cells = [
+            cell.name + (" (baseline)" if row["baseline"] else ""),
+            _overrides_text(own),
+            str(row["n"]),
+            *(_mean_std(row["metrics"][m][0]) for m in shown),
+            "—" if row["baseline"] else _delta(delta),
+            _mean_std(row["wall_s"], 1),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, table: list[dict[str, Any]], metrics: list[str]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        header = ["cell", "baseline", "overrides", "n", "seeds"]
+        for m in metrics:
+            header += [f"{m} mean", f"{m} std", f"{m} delta", f"{m} delta_lo95", f"{m} delta_hi95"]
+        writer.writerow([*header, "wall_s mean", "wall_s total"])
+        for row in table:
+            cell = row["cell"]
+            line = [
+                cell.name,
+                row["baseline"],
+                ";".join(f"{k}={v}" for k, v in cell.overrides.items()),
+                row["n"],
+                " ".join(str(r.seed) for r in cell.finished),
+            ]
+            for m in metrics:
+                s, (d, lo, hi) = row["metrics"][m]
+                line += [s.mean, s.std, d, lo, hi]
+            writer.writerow([*line, row["wall_s"].mean, row["wall_s_total"]])
+
+
+# ---------------------------------------------------------------------------------------------
+# Expected results (the paper's number): achieved vs expected.
+# ---------------------------------------------------------------------------------------------
+
+
+def checks(cells: Sequence[Cell]) -> list[dict[str, Any]]:
+    """Per cell whose runs declare `expected`: the mean over seeds against the target."""
+    found = []
+    for cell in cells:
+        declared = [r.results["expected"] for r in cell.finished if r.results.get("expected")]
+        if not declared:
+            continue
+        expected = declared[0]
+        achieved = stats.summarize(cell.values(expected["metric"]))
+        met = expected_met(ml_collections.ConfigDict(expected), {expected["metric"]: achieved.mean})
+        seeds_met = sum(bool(r.results.get("expected_met")) for r in cell.finished)
+        found.append(
+            {
+                "cell": cell.name,
+                "metric": expected["metric"],
+                "achieved": achieved,
+                "comparison": expected.get("comparison", ">="),
+                "expected": expected["value"],
+                "tolerance": expected.get("tolerance", 0.0),
+                "seeds_met": f"{seeds_met}/{len(cell.finished)}",
+                "verdict": "PASS" if met else "FAIL",
+                "source": expected.get("source", ""),
+            }
+        )
+    return found
+
+
+def markdown_checks(found: list[dict[str, Any]]) -> str:
+    head = [
+        "cell",
+        "metric",
+        "achieved (mean ± std)",
+        "expected",
+        "tolerance",
+        "seeds met",
+        "verdict",
+        "source",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in found:
+        achieved = _mean_std(c["achieved"]) + f" (n={c['achieved'].n})"
+        lines.append(
+            f"| {c['cell']} | {c['metric']} | {achieved} | {c['comparison']} {c['expected']} "
+            f"| {c['tolerance']} | {c['seeds_met']} | {c['verdict']} | {c['source']} |"
+        )
+    return "\n".join(lines)
+
+
+def write_checks_csv(path: Path, found: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            [
+                "cell",
+                "metric",
+                "achieved mean",
+                "achieved std",
+                "n",
+                "comparison",
+                "expected",
+                "tolerance",
+                "seeds met",
+                "verdict",
+                "source",
+            ]
+        )
+        for c in found:
+            a = c["achieved"]
+            writer.writerow(
+                [
+                    c["cell"],
+                    c["metric"],
+                    a.mean,
+                    a.std,
+                    a.n,
+                    c["comparison"],
+                    c["expected"],
+                    c["tolerance"],
+                    c["seeds_met"],
+                    c["verdict"],
+                    c["source"],
+                ]
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots (matplotlib, Agg: files only, no display needed).
+# ---------------------------------------------------------------------------------------------
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def curve(
+    cell: Cell, split: str, name: str
+) -> tuple[list[int], list[float], list[float], list[float]]:
+    """Steps, mean, min and max over the cell's seeds of `name` in `split` records."""
+    by_step: dict[int, list[float]] = {}
+    for run in cell.runs:
+        for record in read_metrics(run.path):
+            value = record.get(name)
+            if record["split"] == split and isinstance(value, int | float):
+                by_step.setdefault(record["step"], []).append(float(value))
+    steps = sorted(by_step)
+    return (
+        steps,
+        [sum(by_step[s]) / len(by_step[s]) for s in steps],
+        [min(by_step[s]) for s in steps],
+        [max(by_step[s]) for s in steps],
+    )
+
+
+def plot_curves(cells: Sequence[Cell], metric: str, path: Path) -> bool:
+    """Train and eval loss and `metric`'s quantity per cell; False if no run logged any."""
+    quantity = metric.split("/")[-1]
+    panels = [(s, n) for s in ("train", "eval") for n in dict.fromkeys(("loss", quantity))]
+    panels = [p for p in panels if any(curve(c, *p)[0] for c in cells)]
+    if not panels:
+        return False
+    plt = _pyplot()
+    columns = 2 if len(panels) > 1 else 1
+    rows_ = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(rows_, columns, figsize=(6 * columns, 3.8 * rows_), squeeze=False)
+    for ax, (split, name) in zip(axes.flat, panels):
+        for i, cell in enumerate(cells):
+            steps, mean, low, high = curve(cell, split, name)
+            if not steps:
+                continue
+            n = len(cell.runs)
+            ax.plot(steps, mean, color=f"C{i}", label=f"{cell.name} (n={n})", lw=1.5)
+            if n > 1:
+                ax.fill_between(steps, low, high, color=f"C{i}", alpha=0.2, lw=0)
+        if name == "loss":
+            ax.set_yscale("log")
+        ax.set_title(f"{split} {name}")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle("mean over seeds; shaded: min-max over seeds", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_bars(cells: Sequence[Cell], baseline: Cell, metric: str, path: Path) -> None:
+    """The metric per cell: bar at the mean, 95% t-interval whiskers, a dot per seed."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(cells) + 1.5), 4.2))
+    everything = []
+    for i, cell in enumerate(cells):
+        values = cell.values(metric)
+        if not values:
+            continue
+        s = stats.summarize(values)
+        lo, hi = stats.mean_interval(values)
+        color = "0.6" if cell is baseline else f"C{i}"
+        err = None if math.isnan(lo) else [[s.mean - lo], [hi - s.mean]]
+        ax.bar(i, s.mean, color=color, alpha=0.8, yerr=err, capsize=5)
+        ax.scatter([i] * len(values), values, color="k", s=12, zorder=3)
+        everything += values + ([lo, hi] if err else [])
+    if baseline.values(metric):
+        ax.axhline(stats.summarize(baseline.values(metric)).mean, color="0.4", ls="--", lw=1)
+    low, high = min(everything), max(everything)
+    pad = max(0.15 * (high - low), 1e-3 * max(abs(high), 1e-12))
+    zoomed = low - pad > 0 and (low - pad) > 0.2 * high
+    if zoomed:  # Differences between cells are small next to the values: show them.
+        ax.set_ylim(low - pad, high + pad)
+    ax.set_xticks(range(len(cells)), [c.name for c in cells], rotation=25, ha="right", fontsize=8)
+    ax.set_ylabel(metric)
+    ax.set_title(
+        f"{metric}: mean, 95% t-interval, one dot per seed"
+        + ("\n(y axis does not start at 0; dashed: baseline mean)" if zoomed else ""),
+        fontsize=9,
+    )
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# The report.
+# ---------------------------------------------------------------------------------------------
+
+
+def report(
+    paths: Sequence[str | Path], *, out: str | Path | None = None, metric: str | None = None
+) -> str:
+    """Write the report files into `out` and return report.md's text."""
+    if not paths:
+        raise ConfigError("name at least one run or sweep workdir")
+    if out is None and len(paths) > 1:
+        raise ConfigError("several workdirs: say where the report goes with --out=DIR")
+    out = Path(out) if out is not None else Path(paths[0]) / "report"
+    runs = [load_run(p) for p in find_runs(paths)]
+    cells = group(runs)
+    baseline = baseline_of(cells)
+    metric = choose_metric(cells, baseline, metric)
+    metrics = metric_names(cells)
+    shown = [m for m in metrics if m.startswith("test/")] or metrics
+    if metric not in shown:
+        shown.insert(0, metric)
+    table = rows(cells, baseline)
+    common = common_overrides(cells) if len(cells) > 1 else {}
+    found = checks(cells)
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "table.csv", table, metrics)
+    files = ["report.md", "table.csv"]
+    if found:
+        write_checks_csv(out / "checks.csv", found)
+        files.append("checks.csv")
+    if plot_curves(cells, metric, out / "curves.png"):
+        files.append("curves.png")
+    bars = f"bars_{cell_dirname(metric.replace('/', '_'))}.png"
+    plot_bars(cells, baseline, metric, out / bars)
+    files.append(bars)
+
+    finished = sum(len(c.finished) for c in cells)
+    wall = sum(row["wall_s_total"] for row in table)
+    text = [
+        f"# Report: {', '.join(map(str, paths))}",
+        "",
+        f"{len(cells)} cell(s), {finished} finished run(s), {wall:.0f} s of run wall time in total. "
+        "Metrics: mean ± std over seeds (n = finished seeds). "
+        f"Δ: difference of means vs the baseline with a Welch 95% t-interval.",
+    ]
+    if common:
+        text += ["", "Every cell: " + _overrides_text(common)]
+    text += ["", markdown_table(table, shown, metric, common)]
+    if found:
+        text += ["", "## Expected results", "", markdown_checks(found)]
+    unfinished = [r for c in cells for r in c.runs if r.results is None]
+    if unfinished:
+        text += ["", "Not finished (not in the table): " + ", ".join(_state(r) for r in unfinished)]
+    text += ["", "Files: " + ", ".join(files)]
+    (out / "report.md").write_text("\n".join(text) + "\n")
+    return "\n".join(text) + f"\n\nwrote {out}/{{{','.join(files)}}}"
+
+
+def _state(run: RunRecord) -> str:
+    steps = [r["step"] for r in read_metrics(run.path)]
+    attempts = (run.cell or {}).get("attempts", [])
+    if attempts and attempts[-1].get("exit_code") not in (0, None):
+        state = f"failed, exit {attempts[-1]['exit_code']}"
+    elif (run.path / "checkpoints").exists():
+        state = f"interrupted at step {max(steps) if steps else 0}"
+    else:
+        state = "not started"
+    return f"{run.path} ({state})"

@@ -46,6 +46,15 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
         default=None,
         help="checkpoint and exit after this step (resume later)",
     )
+    # Multi-host (docs/scaling.md): every process runs this same command.
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a multi-process run, letting JAX detect it (SLURM, Cloud TPU, Open MPI)",
+    )
+    parser.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")
+    parser.add_argument("--num_processes", type=int, default=None, help="processes in the run")
+    parser.add_argument("--process_id", type=int, default=None, help="this process, 0..N-1")
     args, rest = parser.parse_known_args(argv)
     return args, parse_overrides(rest)
 
@@ -64,6 +73,14 @@ def main(argv: list[str]) -> int:
             return report_command(argv[1:])
         args, overrides = parse(argv)
         config = build_config(args.config, overrides)
+        from research import parallel
+
+        parallel.initialize_distributed(
+            auto=args.distributed,
+            coordinator=args.coordinator,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+        )
         import jax
 
         validate(config, device_count=jax.device_count())

@@ -108,7 +108,13 @@ def defaults() -> ml_collections.ConfigDict:
             "label_smoothing": 0.0,
         }
     )
-    c.parallel = ml_collections.ConfigDict({"strategy": "gspmd"})
+    c.parallel = ml_collections.ConfigDict(
+        {
+            "strategy": "gspmd",  # gspmd | shard_map | pmap (research/parallel.py)
+            "fsdp": 1,  # Devices the parameters are sharded over (FSDP, gspmd only); 1 = none.
+            "sync_batch_stats": True,  # BatchNorm statistics over the global batch.
+        }
+    )
     c.expected = ml_collections.ConfigDict(
         {
             "metric": "",  # e.g. "test/accuracy"; "" = no target.

@@ -1,26 +1,120 @@
-"""Devices: the mesh, where the state and the batch live, and multi-host start-up.
+"""Devices: the mesh, where the state and the batch live, how the step is mapped, multi-host start.
 
-The batch is always one global `jax.Array` sharded over the mesh's "data" axis, built from each
-process's local rows, so the trainer's code is the same on one CPU, eight GPUs or a pod slice.
+The batch is always one global `jax.Array` split over every device of every process, built from
+each process's local rows, and the train state is one global pytree; so the trainer's code is the
+same on one CPU, eight GPUs or a pod slice. `train.batch_size` is the global batch: each device
+gets batch_size / device_count rows (research/config.py `validate` checks that it divides).
+
+The mesh has two axes, ("data", "fsdp"), of sizes (devices / parallel.fsdp, parallel.fsdp). The
+batch is split over both; the parameters are replicated over "data" and, under FSDP, sharded over
+"fsdp". (A tensor-parallel "model" axis would be a third entry of MESH_AXES.)
+
+`parallel.strategy` picks how the trainer's step function runs, from one table, STRATEGIES:
+
+    gspmd      `jax.jit` on global arrays with NamedShardings: the step is written for one device
+               and XLA partitions it. parallel.fsdp = 1 is data parallelism (replicated state);
+               parallel.fsdp > 1 is FSDP (ZeRO-3): parameters, optimizer state and EMA sharded
+               over "fsdp", gathered by XLA where a layer needs them. BatchNorm already sees the
+               global batch here (its mean is a mean over a sharded axis), so statistics are
+               always global-batch statistics.
+    shard_map  the per-device step under `jax.shard_map`: each device runs the step on its rows
+               and the step averages gradients with `lax.pmean` over "data".
+    pmap       the same per-device step under `jax.pmap` (since JAX 0.8 itself `jit` +
+               `shard_map`): the classic data-parallel recipe with a replicated state.
+
+The per-device step is one function for both mapped strategies: `train_step(state, batch,
+data_axis)` in research/train.py, called with data_axis=None under gspmd. With
+`parallel.sync_batch_stats` (default) BatchNorm averages its batch statistics over "data" in the
+mapped strategies, so all three compute the same function as one device; without it each device
+normalises with its own rows' statistics (as in Goyal et al. 2017) and the running averages are
+averaged over devices after every step.
+
+Multi-host: `initialize_distributed` (called by launch.py) joins the processes; everything else is
+the same code in every process.
 """
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-STRATEGIES = ("gspmd",)
+from research.config import ConfigError
+
+MESH_AXES = ("data", "fsdp")
+DATA_AXIS = "data"  # The axis the mapped strategies average over.
+FSDP_AXIS = "fsdp"
+BATCH_AXES = MESH_AXES  # The batch is split over every device.
+
+# train_step(state, batch, data_axis) -> (state, metrics); see research/train.py.
+StepFn = Callable[[dict, dict, str | None], tuple[dict, dict]]
+
+
+# -------------------------------------------------------------------------------------------------
+# Multi-host start-up.
+# -------------------------------------------------------------------------------------------------
+
+
+def initialize_distributed(
+    *,
+    auto: bool = False,
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+    """Join a multi-process run if asked to (before anything touches a device).
+
+    `auto`: JAX detects the cluster itself (SLURM, Open MPI, Cloud TPU; elsewhere, such as
+    Kubernetes, from JAX_COORDINATOR_ADDRESS and friends). Otherwise give all three of
+    coordinator ("HOST:PORT" of process 0), num_processes and process_id; none = one process.
+    On CPU, processes talk through gloo, this JAX version's default
+    `jax_cpu_collectives_implementation`.
+    """
+    given = [v is not None for v in (coordinator, num_processes, process_id)]
+    if not auto and not any(given):
+        return
+    if any(given) and not all(given) and not auto:
+        raise ConfigError(
+            "give all of --coordinator=HOST:PORT --num_processes=N --process_id=I, "
+            "or --distributed to let JAX detect the cluster"
+        )
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+
+
+# -------------------------------------------------------------------------------------------------
+# The mesh and shardings.
+# -------------------------------------------------------------------------------------------------
 
 
 def make_mesh(parallel_config: Mapping[str, Any]) -> Mesh:
-    """A 1-D mesh over every device of every process, axis "data"."""
+    """The ("data", "fsdp") mesh over every device of every process."""
     strategy = parallel_config.get("strategy", "gspmd")
     if strategy not in STRATEGIES:
-        raise ValueError(f"parallel.strategy={strategy!r}; choose one of {STRATEGIES}")
-    return jax.make_mesh((jax.device_count(),), ("data",), devices=jax.devices())
+        raise ConfigError(f"parallel.strategy={strategy!r}; choose one of {sorted(STRATEGIES)}")
+    fsdp = parallel_config.get("fsdp", 1)
+    devices = jax.device_count()
+    if fsdp < 1 or devices % fsdp:
+        raise ConfigError(f"parallel.fsdp={fsdp} must divide the {devices} devices")
+    if fsdp > 1 and strategy != "gspmd":
+        raise ConfigError(
+            f"parallel.fsdp={fsdp} needs parallel.strategy=gspmd; {strategy} keeps a whole "
+            "replica of the state on every device"
+        )
+    if strategy == "gspmd" and not parallel_config.get("sync_batch_stats", True):
+        raise ConfigError(
+            "parallel.sync_batch_stats=false needs strategy pmap or shard_map; under gspmd "
+            "BatchNorm statistics are always those of the global batch"
+        )
+    # Auto axes: the compiler propagates shardings through the step (GSPMD), which FSDP relies on.
+    return jax.make_mesh(
+        (devices // fsdp, fsdp),
+        MESH_AXES,
+        axis_types=(AxisType.Auto,) * len(MESH_AXES),
+        devices=jax.devices(),
+    )
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -29,8 +123,41 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) dimension split over the "data" axis."""
-    return NamedSharding(mesh, P("data"))
+    """Leading (batch) dimension split over every device."""
+    return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def state_sharding(abstract_state: Any, mesh: Mesh) -> Any:
+    """Where each leaf of the train state lives: replicated, or FSDP-sharded over "fsdp".
+
+    FSDP shards each array along its largest dimension that the "fsdp" axis divides (kernels,
+    embeddings, their Adam moments); arrays with no such dimension (scalars, odd-sized biases)
+    stay replicated.
+    """
+    size = mesh.shape[FSDP_AXIS]
+
+    def spec(leaf: jax.ShapeDtypeStruct) -> NamedSharding:
+        dims = [i for i, d in enumerate(leaf.shape) if size > 1 and d % size == 0]
+        if not dims:
+            return replicated(mesh)
+        largest = max(dims, key=lambda i: leaf.shape[i])
+        return NamedSharding(mesh, P(*[None] * largest, FSDP_AXIS))
+
+    return jax.tree.map(spec, abstract_state)
+
+
+def batch_norm_axis(parallel_config: Mapping[str, Any]) -> str | None:
+    """The axis BatchNorm averages its statistics over in the step: "data" for mapped strategies
+    with sync_batch_stats, else None (gspmd needs none: its statistics are already global)."""
+    strategy = parallel_config.get("strategy", "gspmd")
+    if strategy != "gspmd" and parallel_config.get("sync_batch_stats", True):
+        return DATA_AXIS
+    return None
+
+
+# -------------------------------------------------------------------------------------------------
+# Batches in and results out.
+# -------------------------------------------------------------------------------------------------
 
 
 def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
@@ -46,3 +173,93 @@ def gather(tree: Any) -> Any:
     from jax.experimental import multihost_utils
 
     return multihost_utils.process_allgather(tree, tiled=True)
+
+
+# -------------------------------------------------------------------------------------------------
+# Strategies: each turns train_step(state, batch, data_axis) into a compiled
+# step(state, batch) -> (state, metrics) on global arrays, the state donated.
+# -------------------------------------------------------------------------------------------------
+
+
+def _gspmd(step: StepFn, mesh: Mesh, state_shardings: Any) -> Callable:
+    return jax.jit(
+        functools.partial(step, data_axis=None),
+        in_shardings=(state_shardings, batch_sharding(mesh)),
+        out_shardings=(state_shardings, replicated(mesh)),
+        donate_argnums=0,
+    )
+
+
+def _shard_map(step: StepFn, mesh: Mesh, state_shardings: Any) -> Callable:
+    # out_specs P(): shard_map checks (check_vma) that the new state and the metrics are the same
+    # on every device, so a missing pmean is a trace-time error rather than drifting replicas.
+    per_device = jax.shard_map(
+        functools.partial(step, data_axis=DATA_AXIS),
+        mesh=mesh,
+        in_specs=(P(), P(DATA_AXIS)),
+        out_specs=P(),
+    )
+    return jax.jit(
+        per_device,
+        in_shardings=(state_shardings, batch_sharding(mesh)),
+        out_shardings=(state_shardings, replicated(mesh)),
+        donate_argnums=0,
+    )
+
+
+def _pmap(step: StepFn, mesh: Mesh, state_shardings: Any) -> Callable:
+    del state_shardings  # Replicated: pmap's in_axes=None / out_axes=None.
+    devices = mesh.devices.size
+    # The state goes in whole (in_axes=None) and comes out whole (out_axes=None), rather than
+    # stacked along a device axis as in pre-0.8 recipes, so checkpoints hold one copy of it and
+    # restore onto any device count. Our mesh's device order, so no array is moved on the way in.
+    mapped = jax.pmap(
+        functools.partial(step, data_axis=DATA_AXIS),
+        axis_name=DATA_AXIS,
+        in_axes=(None, 0),
+        out_axes=None,
+        donate_argnums=0,
+        devices=list(mesh.devices.flat),
+    )
+    # [global_batch, ...] -> [devices, per_device, ...]: each device's rows stay where they are.
+    split = jax.jit(
+        lambda batch: jax.tree.map(lambda x: x.reshape(devices, -1, *x.shape[1:]), batch),
+        out_shardings=NamedSharding(mesh, P(DATA_AXIS)),
+    )
+
+    def run(state: dict, batch: dict) -> tuple[dict, dict]:
+        out = mapped(state, split(batch))
+        if jax.process_count() > 1:
+            # Multi-process pmap returns each process's local view; the trainer (and orbax)
+            # keep global arrays.
+            from jax.experimental import multihost_utils
+
+            out = multihost_utils.host_local_array_to_global_array(out, mesh, P())
+        return out
+
+    return run
+
+
+STRATEGIES: dict[str, Callable[[StepFn, Mesh, Any], Callable]] = {
+    "gspmd": _gspmd,
+    "shard_map": _shard_map,
+    "pmap": _pmap,
+}
+
+
+def compile_step(
+    parallel_config: Mapping[str, Any], step: StepFn, mesh: Mesh, state_shardings: Any
+) -> Callable[[dict, dict], tuple[dict, dict]]:
+    """`step` mapped over the mesh by `parallel.strategy`: (state, global batch) -> (state, metrics)."""
+    return STRATEGIES[parallel_config.get("strategy", "gspmd")](step, mesh, state_shardings)
+
+
+def mean_over(axis: str | None, tree: Any) -> Any:
+    """Average `tree` over the named device axis (inside a mapped step); identity for None."""
+    return jax.lax.pmean(tree, axis) if axis else tree
+
+
+def per_device(axis: str | None, tree: Any) -> Any:
+    """Mark replicated values as this device's own copy, so that their gradient is this device's
+    gradient (to be averaged with `mean_over`), not already summed by shard_map's autodiff."""
+    return jax.lax.pcast(tree, axis, to="varying") if axis else tree

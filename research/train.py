@@ -62,7 +62,6 @@ def run(
     # Mesh.
     # ---------------------------------------------------------------------------------------------
     mesh = parallel.make_mesh(config.parallel)
-    state_sharding_of = lambda tree: jax.tree.map(lambda _: parallel.replicated(mesh), tree)
 
     # ---------------------------------------------------------------------------------------------
     # Input.
@@ -101,16 +100,19 @@ def run(
     # State and shardings: shapes from eval_shape, nothing allocated until jit places it.
     # ---------------------------------------------------------------------------------------------
     abstract_state = jax.eval_shape(init_state, init_key)
-    state_sharding = state_sharding_of(abstract_state)
-    batch_sharding = parallel.batch_sharding(mesh)
+    state_sharding = parallel.state_sharding(abstract_state, mesh)  # Replicated, or FSDP.
     num_params = sum(x.size for x in jax.tree.leaves(abstract_state["params"]))
 
     # ---------------------------------------------------------------------------------------------
-    # The update step.
+    # The update step: written once, per device; parallel.compile_step maps it by strategy.
     # ---------------------------------------------------------------------------------------------
+    # Synchronised BatchNorm in the mapped strategies (pmap, shard_map): statistics over "data".
+    bn_axis = parallel.batch_norm_axis(config.parallel)
+    train_model = model.clone(bn_axis_name=bn_axis) if hasattr(model, "bn_axis_name") else model
+
     def loss_fn(params, model_state, batch, rng):
         variables = {"params": params, **model_state}
-        logits, new_model_state = model.apply(
+        logits, new_model_state = train_model.apply(
             variables,
             batch[task.input_key],
             train=True,
@@ -122,9 +124,15 @@ def run(
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def train_step(state: dict, batch: dict) -> tuple[dict, dict]:
+    def train_step(state: dict, batch: dict, data_axis: str | None) -> tuple[dict, dict]:
+        """One update. Mapped per device (pmap, shard_map), `batch` is this device's rows and
+        `data_axis` names the device axis to average over; under gspmd it is None, the batch
+        global."""
         rng = jax.random.fold_in(dropout_key, state["step"])
+        if data_axis:  # Each device draws its own dropout masks.
+            rng = jax.random.fold_in(rng, jax.lax.axis_index(data_axis))
         model_state = state["model_state"]
+        local_params = parallel.per_device(data_axis, state["params"])
         grads, losses, step_metrics = None, [], []
         # Gradient accumulation: micro-batch i takes rows i, i+k, i+2k, ... so that each device
         # contributes equally to every micro-batch. Unrolled rather than scanned: convolutions
@@ -132,12 +140,15 @@ def run(
         for i in range(accum_steps):
             micro = jax.tree.map(lambda x, i=i: x[i::accum_steps], batch)
             (loss, (metrics, model_state)), g = grad_fn(
-                state["params"], model_state, micro, jax.random.fold_in(rng, i)
+                local_params, model_state, micro, jax.random.fold_in(rng, i)
             )
             grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
             losses.append(loss)
             step_metrics.append(metrics)
         grads = jax.tree.map(lambda g: g / accum_steps, grads)
+        grads = parallel.mean_over(data_axis, grads)
+        if bn_axis is None:  # Per-device BatchNorm statistics: keep the replicas' averages equal.
+            model_state = parallel.mean_over(data_axis, model_state)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         ema_params = optim.ema_update(state["ema_params"], params, ema_decay) if ema_decay else {}
@@ -149,19 +160,15 @@ def run(
             "ema_params": ema_params,
         }
         metrics = jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *step_metrics)
+        metrics |= {"loss": jnp.mean(jnp.stack(losses))}
+        metrics = parallel.mean_over(data_axis, metrics)
         metrics |= {
-            "loss": jnp.mean(jnp.stack(losses)),
             "grad_norm": optax.global_norm(grads),
             "learning_rate": schedule(state["step"]),
         }
         return new_state, metrics
 
-    train_step = jax.jit(
-        train_step,
-        in_shardings=(state_sharding, batch_sharding),
-        out_shardings=(state_sharding, parallel.replicated(mesh)),
-        donate_argnums=0,
-    )
+    train_step = parallel.compile_step(config.parallel, train_step, mesh, state_sharding)
 
     # ---------------------------------------------------------------------------------------------
     # Evaluation: every example exactly once (padding masked out), on the EMA weights if enabled.

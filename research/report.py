@@ -248,7 +248,7 @@ def markdown_table(table: list[dict[str, Any]], shown: list[str], metric: str, c
         own = {k: v for k, v in cell.overrides.items() if k not in common}
         summary, delta = row["metrics"][metric]
         cells = [
-            cell.name + (" (baseline)" if row["baseline"] else ""),
+            cell.name + (" (baseline)" if row["baseline"] and "baseline" not in cell.name else ""),
             _overrides_text(own),
             str(row["n"]),
             *(_mean_std(row["metrics"][m][0]) for m in shown),
@@ -277,7 +277,7 @@ def write_csv(path: Path, table: list[dict[str, Any]], metrics: list[str]) -> No
             ]
             for m in metrics:
                 s, (d, lo, hi) = row["metrics"][m]
-                line += [s.mean, s.std, d, lo, hi]
+                line += [s.mean, s.std, *(("", "", "") if row["baseline"] else (d, lo, hi))]
             writer.writerow([*line, row["wall_s"].mean, row["wall_s_total"]])
 
 
@@ -425,7 +425,7 @@ def plot_curves(cells: Sequence[Cell], metric: str, path: Path) -> bool:
             if n > 1:
                 ax.fill_between(steps, low, high, color=f"C{i}", alpha=0.2, lw=0)
         if name == "loss":
-            ax.set_yscale("log")
+            _log_scale(ax)
         ax.set_title(f"{split} {name}")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -439,10 +439,22 @@ def plot_curves(cells: Sequence[Cell], metric: str, path: Path) -> bool:
     return True
 
 
+def _log_scale(ax) -> None:
+    """Log y axis labelled with plain numbers (0.05, not 5 x 10^-2)."""
+    from matplotlib import ticker
+
+    ax.set_yscale("log")
+    plain = ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    low, high = ax.get_ylim()
+    if high / low < 10:  # Less than a decade: no major tick may show, so label the minor ones.
+        ax.yaxis.set_minor_formatter(plain)
+
+
 def plot_bars(cells: Sequence[Cell], baseline: Cell, metric: str, path: Path) -> None:
     """The metric per cell: bar at the mean, 95% t-interval whiskers, a dot per seed."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(cells) + 1.5), 4.2))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(cells) + 1.5), 4.5))
     everything = []
     for i, cell in enumerate(cells):
         values = cell.values(metric)
@@ -465,8 +477,9 @@ def plot_bars(cells: Sequence[Cell], baseline: Cell, metric: str, path: Path) ->
     ax.set_xticks(range(len(cells)), [c.name for c in cells], rotation=25, ha="right", fontsize=8)
     ax.set_ylabel(metric)
     ax.set_title(
-        f"{metric}: mean, 95% t-interval, one dot per seed"
-        + ("\n(y axis does not start at 0; dashed: baseline mean)" if zoomed else ""),
+        f"{metric} per cell\nbar: mean; whiskers: 95% t-interval; dots: seeds"
+        + ("; dashed: baseline mean" if baseline.values(metric) else "")
+        + ("\n(the y axis does not start at 0)" if zoomed else ""),
         fontsize=9,
     )
     ax.grid(axis="y", alpha=0.3)
@@ -492,6 +505,7 @@ def report(
     runs = [load_run(p) for p in find_runs(paths)]
     cells = group(runs)
     baseline = baseline_of(cells)
+    cells = [baseline, *(c for c in cells if c is not baseline)]
     metric = choose_metric(cells, baseline, metric)
     metrics = metric_names(cells)
     shown = [m for m in metrics if m.startswith("test/")] or metrics

@@ -178,7 +178,7 @@ def cell_dirname(name: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Run:
     """One cell at one seed: an ordinary run with its own workdir and command line."""
 
@@ -361,6 +361,7 @@ def run_local(
             while queue and len(running) < parallel:
                 run = queue.popleft()
                 running[_start(run)] = (run, time.time())
+            progress.show([started for _, started in running.values()], len(queue))
             time.sleep(poll_s)
             for proc in [p for p in running if p.poll() is not None]:
                 run, started = running.pop(proc)
@@ -368,7 +369,6 @@ def run_local(
                 _record_attempt(run, started, seconds, proc.returncode)
                 ok = proc.returncode == 0 and status(run) == "done"
                 progress.finished(run, seconds, ok, _outcome(run, proc.returncode, ok))
-            progress.show([started for _, started in running.values()], len(queue))
     except KeyboardInterrupt:
         for proc, (run, started) in running.items():
             proc.terminate()
@@ -411,7 +411,8 @@ def _outcome(run: Run, exit_code: int, ok: bool) -> str:
     """What to show when a run ends: its headline metric, or why it failed."""
     if ok:
         metrics = json.loads((run.workdir / "results.json").read_text())["metrics"]
-        return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("test/"))[:80]
+        shown = [k for k in metrics if k.startswith("test/")][:2]
+        return "  ".join(f"{k} {metrics[k]:.4f}" for k in shown)
     lines = (run.workdir / "launch.log").read_text(errors="replace").strip().splitlines()
     last = lines[-1] if lines else ""
     return f"exit {exit_code}: {last[:120]}  (log: {run.workdir / 'launch.log'})"

@@ -1,0 +1,154 @@
+"""Multi-head dot-product attention (Vaswani et al. 2017, "Attention Is All You Need", Section 3.2).
+
+One module serves every transformer here: self-attention (GPT, BERT, ViT, the encoder),
+causal self-attention with a KV cache for incremental decoding (GPT, the decoder), and
+cross-attention from queries `x` to keys/values computed from `context` (the decoder).
+
+Masks are boolean, True = may attend, broadcastable to [batch, heads, q_len, kv_len].
+The cache follows flax's `decode=True` convention: variables "cached_key", "cached_value"
+[B, max_len, H, Dh] and "cache_index" in the "cache" collection. Initialize it by calling
+`model.init(..., decode=True)` on an input of the full length (or zeros of that shape);
+each later `apply(..., decode=True, mutable=["cache"])` appends its T tokens at the index.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Initializer = Callable[..., jax.Array]
+
+# Masked scores are replaced (jnp.where, not added) by float32's lowest value, so
+# exp(masked - max) underflows to exactly 0 and a fully masked row stays finite.
+MASK_VALUE = float(np.finfo(np.float32).min)
+
+
+def causal_mask(length: int) -> jax.Array:
+    """Boolean [1, 1, T, T] mask letting position i attend to positions j <= i."""
+    return jnp.tril(jnp.ones((length, length), dtype=jnp.bool_))[None, None]
+
+
+def padding_mask(key_valid: jax.Array) -> jax.Array:
+    """Boolean [B, 1, 1, T_kv] mask hiding padded keys, from `key_valid` [B, T_kv] (True = token)."""
+    return key_valid.astype(jnp.bool_)[:, None, None, :]
+
+
+def apply_rotary(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax.Array:
+    """Rotate feature pairs of `x` [..., T, H, Dh] by angles positions * base^(-2i/Dh) (RoFormer).
+
+    Su et al. 2021, "RoFormer", Section 3.4: after rotation q_m . k_n depends on m - n only.
+    Pairs are (i, i + Dh/2) rather than the paper's (2i, 2i+1), as in GPT-NeoX and LLaMA; the
+    two differ by a fixed permutation of the head features, so the property is the same.
+    `positions` is [T] or [B, T]. Angles and the rotation are computed in float32.
+    """
+    half = x.shape[-1] // 2
+    assert 2 * half == x.shape[-1], f"rotary needs an even head dim, got {x.shape[-1]}"
+    inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)  # theta_i, i < Dh/2
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [..., T, Dh/2]
+    sin, cos = jnp.sin(angles)[..., None, :], jnp.cos(angles)[..., None, :]  # broadcast over H
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rotated.astype(x.dtype)
+
+
+class MultiHeadAttention(nn.Module):
+    """Scaled dot-product attention over `num_heads` heads; self or cross, optional KV cache."""
+
+    num_heads: int
+    causal: bool = False
+    dropout_rate: float = 0.0  # on the attention probabilities
+    use_bias: bool = True
+    rotary: bool = False  # rotate q and k by position (RoFormer) before the dot product
+    rotary_base: float = 10000.0
+    dtype: Any = jnp.float32
+    kernel_init: Initializer = nn.initializers.normal(0.02)  # GPT-2
+    out_kernel_init: Initializer = nn.initializers.normal(0.02)  # GPT sets 0.02/sqrt(2L)
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        context: jax.Array | None = None,
+        *,
+        mask: jax.Array | None = None,
+        train: bool,
+        decode: bool = False,
+    ) -> jax.Array:
+        """Attend from `x` [B, T, D] to itself, or to `context` [B, S, D_ctx]; returns [B, T, D].
+
+        `mask` (True = attend) is combined with the causal mask when `causal`. With `decode`,
+        keys/values are appended to the cache and queries attend to everything cached so far.
+        """
+        _, length, features = x.shape
+        head_dim = features // self.num_heads
+        assert head_dim * self.num_heads == features, (features, self.num_heads)
+        dense = dict(
+            axis=-1,
+            use_bias=self.use_bias,
+            kernel_init=self.kernel_init,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+        )
+
+        if context is None:
+            # One fused projection for q, k, v: a single large matmul (GPT-2's c_attn).
+            qkv = nn.DenseGeneral((3, self.num_heads, head_dim), name="qkv", **dense)(x)
+            query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, T, H, Dh]
+        else:
+            assert not decode, "the KV cache is for self-attention; cross-attention keys are fixed"
+            query = nn.DenseGeneral((self.num_heads, head_dim), name="query", **dense)(x)
+            kv = nn.DenseGeneral((2, self.num_heads, head_dim), name="key_value", **dense)(context)
+            key, value = kv[:, :, 0], kv[:, :, 1]
+
+        # Absolute positions of this call's queries; with a cache they start at its index.
+        positions = jnp.arange(length)
+        use_cache = decode and self.has_variable("cache", "cached_key")  # False at init
+        if decode:
+            cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+            cached_value = self.variable(
+                "cache", "cached_value", jnp.zeros, value.shape, value.dtype
+            )
+            cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+        if use_cache:
+            positions = cache_index.value + positions
+        if self.rotary and context is None:  # positions are only shared with keys in self-attention
+            query = apply_rotary(query, positions, self.rotary_base)
+            key = apply_rotary(key, positions, self.rotary_base)
+
+        key_positions = positions
+        if use_cache:
+            start = (0, cache_index.value, 0, 0)
+            key = jax.lax.dynamic_update_slice(cached_key.value, key, start)
+            value = jax.lax.dynamic_update_slice(cached_value.value, value, start)
+            cached_key.value, cached_value.value = key, value
+            cache_index.value = cache_index.value + length
+            key_positions = jnp.arange(key.shape[1])
+            # Slots past the last written position still hold zeros: never attend to them.
+            written = key_positions < cache_index.value
+            mask = written[None, None, None, :] if mask is None else mask & written
+        if self.causal:
+            causal = positions[:, None] >= key_positions[None, :]  # [T, T_kv]
+            mask = causal[None, None] if mask is None else mask & causal
+
+        # Scores and softmax in float32 whatever the compute dtype (bf16 logits overflow/round).
+        query = query / jnp.sqrt(head_dim).astype(query.dtype)
+        scores = jnp.einsum(
+            "bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32
+        )  # [B, H, T, T_kv]
+        if mask is not None:
+            scores = jnp.where(mask, scores, MASK_VALUE)
+        probs = jax.nn.softmax(scores, axis=-1)
+        probs = nn.Dropout(self.dropout_rate, deterministic=not train)(probs)
+        out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), value)
+        return nn.DenseGeneral(
+            features,
+            axis=(-2, -1),
+            use_bias=self.use_bias,
+            kernel_init=self.out_kernel_init,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            name="out",
+        )(out)

@@ -1,0 +1,146 @@
+"""GPT: a decoder-only transformer language model (Radford et al. 2019, "Language Models are
+Unsupervised Multitask Learners"), laid out as Karpathy's nanoGPT model.py.
+
+GPT-2 layout: token + learned position embeddings, pre-LN blocks (causal self-attention, a 4x
+wide GELU MLP), a final LayerNorm, logits from the tied token embedding (h @ wte.T). Init is
+normal(0.02) everywhere, with residual output projections at normal(0.02 / sqrt(2 * layers))
+(GPT-2 Section 2.3; nanoGPT). GPT-2 124M has 124,439,808 parameters (tied, with biases).
+
+Every layout choice is a field (norm, norm_position, pos_emb, activation, use_bias,
+tie_embeddings), so `--config.model.pos_emb=rotary` is the whole ablation.
+"""
+
+import math
+from functools import partial
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from research.models import layers
+
+# Compute dtypes a config may name; parameters stay float32 either way.
+DTYPES = ("float32", "bfloat16")
+
+
+class GPT(nn.Module):
+    """Decoder-only transformer LM: int32 tokens [B, T] -> float32 logits [B, T, vocab_size]."""
+
+    vocab_size: int = 50257
+    block_size: int = 1024  # context length: the number of positions
+    num_layers: int = 12
+    num_heads: int = 12
+    embed_dim: int = 768
+    mlp_ratio: float = 4
+    dropout_rate: float = 0.0  # embedding, residual and attention-probability dropout
+    use_bias: bool = True
+    norm: str = "layer"  # layers.NORMS
+    norm_position: str = "pre"  # layers.RESIDUALS
+    pos_emb: str = "learned"  # layers.POSITIONAL
+    activation: str = "gelu"  # layers.ACTIVATIONS
+    dtype: str = "float32"  # compute dtype, one of DTYPES
+    tie_embeddings: bool = True  # logits = h @ wte.T (Press & Wolf 2017; GPT-2)
+
+    def __post_init__(self) -> None:
+        # Bad config strings fail here, at construction, in one line each.
+        layers.lookup(layers.NORMS, self.norm, "GPT norm")
+        layers.lookup(layers.RESIDUALS, self.norm_position, "GPT norm_position")
+        layers.lookup(layers.POSITIONAL, self.pos_emb, "GPT pos_emb")
+        layers.lookup(layers.ACTIVATIONS, self.activation, "GPT activation")
+        layers.lookup(dict.fromkeys(DTYPES), self.dtype, "GPT dtype")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(
+                f"GPT embed_dim {self.embed_dim} must be divisible by num_heads {self.num_heads}"
+            )
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, *, train: bool, decode: bool = False) -> jax.Array:
+        """Next-token logits for every position; `decode` appends `tokens` to the KV cache.
+
+        With `decode=True` positions continue from the cache index; initialize the cache by
+        calling `init` with decode=True on [B, max_len] tokens (see sampling.init_cache).
+        """
+        length = tokens.shape[1]
+        dtype = jnp.dtype(self.dtype)
+        normal = nn.initializers.normal
+        # GPT-2 Section 2.3: scale residual-path weights by 1/sqrt(N), N = 2 residual adds/layer.
+        out_init = normal(0.02 / math.sqrt(2 * self.num_layers))
+
+        positions = jnp.arange(length)
+        if decode:
+            is_initialized = self.has_variable("cache", "cache_index")
+            index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+            if is_initialized:
+                positions = index.value + positions
+                index.value = index.value + length
+
+        wte = nn.Embed(
+            self.vocab_size,
+            self.embed_dim,
+            embedding_init=normal(0.02),  # GPT-2
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            name="wte",
+        )
+        x = wte(tokens)
+        pos_module, rotary = layers.POSITIONAL[self.pos_emb]
+        if pos_module is not None:
+            wpe = pos_module(
+                num_positions=self.block_size, features=self.embed_dim, dtype=dtype, name="wpe"
+            )
+            x = x + wpe(positions)
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+
+        for i in range(self.num_layers):
+            x = layers.TransformerBlock(
+                num_heads=self.num_heads,
+                mlp_dim=int(self.mlp_ratio * self.embed_dim),
+                causal=True,
+                dropout_rate=self.dropout_rate,
+                attention_dropout_rate=self.dropout_rate,
+                activation=self.activation,
+                norm=self.norm,
+                norm_position=self.norm_position,
+                rotary=rotary,
+                use_bias=self.use_bias,
+                dtype=dtype,
+                kernel_init=normal(0.02),
+                out_kernel_init=out_init,
+                name=f"h_{i}",
+            )(x, train=train, decode=decode)
+        if self.norm_position == "pre":  # see layers.RESIDUALS: pre-norm needs a final norm
+            x = layers.NORMS[self.norm](use_bias=self.use_bias, dtype=dtype, name="ln_f")(x)
+
+        if self.tie_embeddings:
+            logits = wte.attend(x)
+        else:
+            logits = nn.Dense(
+                self.vocab_size,
+                use_bias=False,
+                kernel_init=normal(0.02),
+                dtype=dtype,
+                param_dtype=jnp.float32,
+                name="lm_head",
+            )(x)
+        return logits.astype(jnp.float32)
+
+
+# Sizes as data (GPT-2 paper Table 2; 124M/350M/774M/1558M as counted with tied embeddings).
+GPT2 = partial(
+    GPT,
+    vocab_size=50257,
+    block_size=1024,
+    num_layers=12,
+    num_heads=12,
+    embed_dim=768,
+    use_bias=True,
+)
+GPT2Medium = partial(GPT2, num_layers=24, num_heads=16, embed_dim=1024)
+GPT2Large = partial(GPT2, num_layers=36, num_heads=20, embed_dim=1280)
+GPT2XL = partial(GPT2, num_layers=48, num_heads=25, embed_dim=1600)
+# nanoGPT's CPU recipe for shakespeare_char (README, "I only have a macbook"), vocab of 65 chars.
+GPTShakespeareCPU = partial(
+    GPT, vocab_size=65, block_size=64, num_layers=4, num_heads=4, embed_dim=128, use_bias=False
+)
+GPTTiny = partial(GPT, vocab_size=32, block_size=16, num_layers=2, num_heads=2, embed_dim=16)

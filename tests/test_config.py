@@ -138,7 +138,10 @@ def launch(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
         (["--config=experiments/digits_cnn.py", "--config.train.steps"], "give a value"),
         (["--config=experiments/digits_cnn.py:smok"], "unknown variant"),
         (["--config=experiments/digits_cnn.py", "--bogus"], "unrecognised argument"),
-        (["--config=experiments/digits_cnn.py", "--config.data.name=no_such_dataset"], "no_such_dataset"),
+        (
+            ["--config=experiments/digits_cnn.py", "--config.data.name=no_such_dataset"],
+            "no_such_dataset",
+        ),
     ],
 )
 def test_launcher_errors_exit_2_with_one_line_and_write_nothing(tmp_path, args, message):

@@ -12,9 +12,7 @@ from research import config as cfg
 from research import data, models, train
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE = sorted(
-    p.stem for p in (ROOT / "experiments").glob("*.py") if not p.name.startswith("_")
-)
+SMOKE = sorted(p.stem for p in (ROOT / "experiments").glob("*.py") if not p.name.startswith("_"))
 
 
 def smoke_config(overrides: dict | None = None, experiment: str = "digits_cnn:smoke"):
@@ -41,7 +39,9 @@ def assert_trees_equal(a, b):
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("smoke")
-    result = train.run(smoke_config(), workdir, argv=["launch.py", "--config=experiments/digits_cnn.py:smoke"])
+    result = train.run(
+        smoke_config(), workdir, argv=["launch.py", "--config=experiments/digits_cnn.py:smoke"]
+    )
     return workdir, result
 
 
@@ -52,7 +52,12 @@ def test_workdir_contract(smoke_run):
     assert on_disk["experiment"] == "digits_cnn:smoke" and on_disk["step"] == 12
     assert on_disk["expected"] is None and on_disk["expected_met"] is None
     assert 0.0 <= on_disk["metrics"]["test/accuracy"] <= 1.0
-    assert set(on_disk["metrics"]) >= {"test/loss", "test/accuracy", "test/top5_accuracy", "eval/accuracy"}
+    assert set(on_disk["metrics"]) >= {
+        "test/loss",
+        "test/accuracy",
+        "test/top5_accuracy",
+        "eval/accuracy",
+    }
     matrix = np.array(on_disk["details"]["test"]["confusion_matrix"])
     assert matrix.shape == (10, 10) and matrix.sum() == 360  # Every test example counted once.
 
@@ -64,10 +69,15 @@ def test_workdir_contract(smoke_run):
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     train_steps = [r["step"] for r in records if r["split"] == "train"]
     assert train_steps == [4, 8, 12]
-    assert all(r["steps_per_s"] > 0 and r["examples_per_s"] > 0 for r in records if r["split"] == "train")
+    assert all(
+        r["steps_per_s"] > 0 and r["examples_per_s"] > 0 for r in records if r["split"] == "train"
+    )
     assert [r["step"] for r in records if r["split"] == "eval"] == [6, 12]
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
-    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [6, 12]
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [
+        6,
+        12,
+    ]
 
 
 def test_eval_accuracy_matches_an_independent_forward_pass(smoke_run):
@@ -77,9 +87,15 @@ def test_eval_accuracy_matches_an_independent_forward_pass(smoke_run):
     state = final_state(workdir)
     model = models.build(config.model)
     batch = next(
-        iter(data.eval_batches(config.data, "test", global_batch_size=512, process_index=0, process_count=1))
+        iter(
+            data.eval_batches(
+                config.data, "test", global_batch_size=512, process_index=0, process_count=1
+            )
+        )
     )
-    logits = model.apply({"params": state["params"], **state["model_state"]}, batch["image"], train=False)
+    logits = model.apply(
+        {"params": state["params"], **state["model_state"]}, batch["image"], train=False
+    )
     mask = batch["mask"]
     accuracy = float(np.mean(np.asarray(logits).argmax(-1)[mask] == batch["label"][mask]))
     assert mask.sum() == 360
@@ -88,7 +104,11 @@ def test_eval_accuracy_matches_an_independent_forward_pass(smoke_run):
 
 def test_resume_is_bitwise_equal(tmp_path):
     """N steps in one go == N/2 steps, stop, relaunch, N/2 more (params, optimizer, EMA, step)."""
-    overrides = {"optimizer.ema_decay": "0.9", "train.checkpoint_every_steps": "3", "data.augment.flip": "true"}
+    overrides = {
+        "optimizer.ema_decay": "0.9",
+        "train.checkpoint_every_steps": "3",
+        "data.augment.flip": "true",
+    }
     whole = train.run(smoke_config(overrides), tmp_path / "whole")
     half = train.run(smoke_config(overrides), tmp_path / "split", stop_after_step=5)
     assert half == {"experiment": "digits_cnn:smoke", "step": 5, "finished": False}

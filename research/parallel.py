@@ -95,14 +95,14 @@ def make_mesh(parallel_config: Mapping[str, Any]) -> Mesh:
     if strategy not in STRATEGIES:
         raise ConfigError(f"parallel.strategy={strategy!r}; choose one of {sorted(STRATEGIES)}")
     fsdp = parallel_config.get("fsdp", 1)
-    devices = jax.device_count()
-    if fsdp < 1 or devices % fsdp:
-        raise ConfigError(f"parallel.fsdp={fsdp} must divide the {devices} devices")
     if fsdp > 1 and strategy != "gspmd":
         raise ConfigError(
             f"parallel.fsdp={fsdp} needs parallel.strategy=gspmd; {strategy} keeps a whole "
             "replica of the state on every device"
         )
+    devices = jax.device_count()
+    if fsdp < 1 or devices % fsdp:
+        raise ConfigError(f"parallel.fsdp={fsdp} must divide the {devices} devices")
     if strategy == "gspmd" and not parallel_config.get("sync_batch_stats", True):
         raise ConfigError(
             "parallel.sync_batch_stats=false needs strategy pmap or shard_map; under gspmd "

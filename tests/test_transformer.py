@@ -351,8 +351,8 @@ def test_cross_attention_to_a_context_of_another_length():
     out = block.apply(params, x, context, **kwargs)
     assert out.shape == (2, 12, 16)
     cross = params["params"]["cross_attn"]
-    assert cross["query"]["kernel"].shape == (16, 2, 8)
-    assert cross["key_value"]["kernel"].shape == (24, 2, 2, 8)  # from the context's width
+    assert cross["query"]["kernel"].shape == (16, 16)
+    assert cross["key_value"]["kernel"].shape == (24, 32)  # from the context's width
     # Padded context positions are invisible to every query.
     noisy = context.at[1, 4:].set(100.0)
     np.testing.assert_allclose(block.apply(params, x, noisy, **kwargs), out, rtol=1e-5, atol=1e-6)

@@ -64,15 +64,19 @@ class MLP(nn.Module):
         """[..., D] -> [..., D]."""
         act, gated = lookup(ACTIVATIONS, self.activation, "activation")
         dense = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=jnp.float32)
+        # Plain 2-D matmuls: on XLA:CPU a [B, T, D] dot's weight gradient goes through a slow
+        # transposing copy; flattening made this block's forward+backward ~1.7x faster.
+        h = x.reshape(-1, x.shape[-1])
         # A gated unit's two input projections are one [D, 2 * hidden] matmul, split after.
         width = 2 * self.hidden_dim if gated else self.hidden_dim
-        h = nn.Dense(width, kernel_init=self.kernel_init, name="fc", **dense)(x)
+        h = nn.Dense(width, kernel_init=self.kernel_init, name="fc", **dense)(h)
         if gated:
             gate, up = jnp.split(h, 2, axis=-1)
             h = act(gate) * up
         else:
             h = act(h)
-        return nn.Dense(x.shape[-1], kernel_init=self.out_kernel_init, name="proj", **dense)(h)
+        h = nn.Dense(x.shape[-1], kernel_init=self.out_kernel_init, name="proj", **dense)(h)
+        return h.reshape(x.shape)
 
 
 # --- positional encodings -------------------------------------------------------------------

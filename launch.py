@@ -5,6 +5,7 @@
     python launch.py train --config=experiments/digits_cnn.py:smoke --workdir=runs/smoke
     python launch.py sweep --config=experiments/digits_cnn.py --workdir=sweeps/digits --parallel=2
     python launch.py report sweeps/digits          # also: a run, or several run workdirs --out=DIR
+    python launch.py sample --workdir=runs/shakespeare --prompt="ROMEO:"   # text from an LM run
 
 `sweep` runs the cells an experiment's `sweep()` declares (research/sweep.py), or with --slurm
 writes them as a SLURM job array (research/slurm.py); `report` tabulates and plots finished runs
@@ -71,6 +72,8 @@ def main(argv: list[str]) -> int:
             return sweep_command(argv[1:])
         if argv[:1] == ["report"]:
             return report_command(argv[1:])
+        if argv[:1] == ["sample"]:
+            return sample_command(argv[1:])
         args, overrides = parse(argv)
         config = build_config(args.config, overrides)
         from research import parallel
@@ -166,6 +169,36 @@ def report_command(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     print(report.report(args.paths, out=args.out, metric=args.metric))
+    return 0
+
+
+def sample_command(argv: list[str]) -> int:
+    """`launch.py sample`: print text sampled from a language-model run's newest checkpoint."""
+    from research import sample
+
+    parser = argparse.ArgumentParser(
+        prog="launch.py sample",
+        description=sample.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--workdir", required=True, help="the run to sample from")
+    parser.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    parser.add_argument("--max_new_tokens", type=int, default=500)
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    parser.add_argument("--top_k", type=int, default=200, help="0 = no cut")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num_samples", type=int, default=1)
+    args = parser.parse_args(argv)
+    texts = sample.sample(
+        args.workdir,
+        prompt=args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        seed=args.seed,
+        num_samples=args.num_samples,
+    )
+    print("\n---------------\n".join(texts))  # nanoGPT's separator
     return 0
 
 

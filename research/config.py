@@ -47,6 +47,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict({"name": ""})  # Fields are the module's arguments.
     c.data = ml_collections.ConfigDict(
         {
+            "kind": "images",  # images | text (research/data/__init__.py KINDS)
             "name": "",  # TFDS name ("digits" is built locally; others download on first use).
             "data_dir": "",  # "" = TFDS's default (~/tensorflow_datasets or $TFDS_DATA_DIR).
             "train_split": "train",
@@ -63,6 +64,10 @@ def defaults() -> ml_collections.ConfigDict:
                 "translate": 0.0,
             },
             "mock": False,  # tfds.testing.mock_data: random examples of the real shapes, no download.
+            # Text (kind="text", research/data/text.py):
+            "path": "",  # A local text file; replaces `name` (split 90/5/5 like tiny_shakespeare).
+            "tokenizer": "char",  # char | gpt2 (research/data/tokenizers.py)
+            "seq_len": 256,  # Tokens per window: the context length T (nanoGPT's block_size).
         }
     )
     c.optimizer = ml_collections.ConfigDict(

@@ -1,15 +1,70 @@
-"""Input side: TFDS sources (incl. the local "digits" builder), grain pipelines, augmentation.
+"""Input side: TFDS sources (incl. local builders), grain pipelines, augmentation, tokenizers.
 
-The trainer needs three calls (see pipeline.py and sources.py for what they guarantee):
+The trainer needs three calls (see pipeline.py, sources.py and text.py for what they guarantee):
 
-    info = research.data.info(config.data)  # classes, input shape, train-set size
+    info = research.data.info(config.data)  # classes (vocabulary), input shape, train-set size
     train = research.data.train_iterator(config.data, global_batch_size=128, seed=0,
                                          process_index=0, process_count=1)
     evals = research.data.eval_batches(config.data, "test", global_batch_size=128,
                                        process_index=0, process_count=1)
+
+`config.data.kind` picks who answers them, through KINDS:
+
+    "images"  labelled images (pipeline.py, sources.py): {"image", "label"} batches
+    "text"    token windows for language models (text.py): {"inputs", "targets"} batches
 """
 
-from research.data.pipeline import eval_batches, train_iterator
-from research.data.sources import DatasetInfo, DatasetUnavailable, info
+import dataclasses
+from collections.abc import Callable
 
-__all__ = ["DatasetInfo", "DatasetUnavailable", "eval_batches", "info", "train_iterator"]
+import ml_collections
+
+from research.config import ConfigError
+from research.data import pipeline, sources, text
+from research.data.sources import DatasetInfo, DatasetUnavailable
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """The three functions of one kind of data."""
+
+    info: Callable[..., DatasetInfo]
+    train_iterator: Callable
+    eval_batches: Callable
+
+
+KINDS: dict[str, Kind] = {
+    "images": Kind(sources.info, pipeline.train_iterator, pipeline.eval_batches),
+    "text": Kind(text.info, text.train_iterator, text.eval_batches),
+}
+
+
+def _kind(data_config: ml_collections.ConfigDict) -> Kind:
+    name = data_config.get("kind", "images")
+    if name not in KINDS:
+        raise ConfigError(f"data.kind={name!r} is unknown; choose one of {sorted(KINDS)}")
+    return KINDS[name]
+
+
+def info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
+    """Classes (or vocabulary size), example shape and training-set size of the configured data."""
+    return _kind(data_config).info(data_config)
+
+
+def train_iterator(data_config: ml_collections.ConfigDict, **kwargs):
+    """This process's endless training batches, resumable with get_state()/set_state().
+
+    Keyword arguments: global_batch_size, seed, process_index, process_count.
+    """
+    return _kind(data_config).train_iterator(data_config, **kwargs)
+
+
+def eval_batches(data_config: ml_collections.ConfigDict, split: str, **kwargs):
+    """This process's share of every example of `split` once, in padded batches with "mask".
+
+    Keyword arguments: global_batch_size, process_index, process_count.
+    """
+    return _kind(data_config).eval_batches(data_config, split, **kwargs)
+
+
+__all__ = ["KINDS", "DatasetInfo", "DatasetUnavailable", "eval_batches", "info", "train_iterator"]

@@ -3,11 +3,12 @@
 A task knows losses and metrics, not training: it never sees optimizers, devices or checkpoints.
 """
 
-from research.tasks import classification
+from research.tasks import classification, lm
 from research.tasks.base import Task
 
 TASKS: dict[str, Task] = {
     "classification": classification.TASK,
+    "lm": lm.TASK,
 }
 
 

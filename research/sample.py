@@ -1,0 +1,122 @@
+"""Text from a trained language model's run (`python launch.py sample --workdir=runs/x`).
+
+The run's workdir holds all it takes: config.json gives the model and the data, hence the
+tokenizer (refitted on the same text: "char" is the sorted set of its characters); the newest
+checkpoint gives the parameters, the EMA ones when the run kept an EMA (`optimizer.ema_decay`),
+as its evaluations used. Sampling is nanoGPT's sample.py (temperature, top-k) with a KV cache
+(research/tasks/lm.py `generate`). Checkpoints are read, never written, so a run still training
+can be sampled.
+"""
+
+import contextlib
+import json
+import logging
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from research import models
+from research.config import ConfigError
+from research.data import text, tokenizers
+from research.tasks import lm
+
+
+def load(workdir: str | Path) -> tuple[ml_collections.ConfigDict, dict, int]:
+    """(config, parameters, step) of the newest checkpoint of the language-model run `workdir`."""
+    wd = Path(workdir)
+    config_path = wd / "config.json"
+    if not config_path.is_file():
+        raise ConfigError(f"{wd} has no config.json; pass the --workdir of a training run")
+    try:
+        config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    except json.JSONDecodeError:
+        raise ConfigError(f"{config_path} is not valid JSON; is {wd} a training run?") from None
+    if config.get("task") != "lm":
+        raise ConfigError(
+            f"{wd} holds a {config.get('task')!r} run; sampling needs a language model (task 'lm')"
+        )
+    checkpoints = (wd / "checkpoints").absolute()
+    with _absl_errors_only():  # orbax warns about options and files a read-only restore skips
+        step = None
+        if checkpoints.is_dir():
+            options = ocp.CheckpointManagerOptions(read_only=True)
+            step = ocp.CheckpointManager(checkpoints, options=options).latest_step()
+        if step is None:
+            raise ConfigError(
+                f"{wd} has no checkpoint yet; train first, or wait for the first save"
+            )
+        state = _restore(checkpoints / str(step) / "state")
+    ema = config.optimizer.get("ema_decay", 0.0) > 0
+    return config, state["ema_params"] if ema else state["params"], step
+
+
+def _restore(directory: Path) -> dict:
+    """The saved train state, every array on this host's first device (whatever it was saved on)."""
+    checkpointer = ocp.StandardCheckpointer()
+    saved = checkpointer.metadata(directory).item_metadata
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), saved)
+    return checkpointer.restore(directory, target)
+
+
+@contextlib.contextmanager
+def _absl_errors_only():
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def tokenizer(workdir: str | Path, config: ml_collections.ConfigDict) -> tokenizers.Tokenizer:
+    """The run's tokenizer: its tokenizer.json if it saved one, else rebuilt from config.data."""
+    saved = Path(workdir) / "tokenizer.json"
+    if saved.is_file():
+        return tokenizers.from_json(saved.read_text())
+    return text.tokenizer(config.data)
+
+
+def sample(
+    workdir: str | Path,
+    *,
+    prompt: str = "\n",
+    max_new_tokens: int = 500,
+    temperature: float = 0.8,
+    top_k: int = 200,
+    seed: int = 0,
+    num_samples: int = 1,
+) -> list[str]:
+    """`num_samples` continuations of `prompt` (each starting with it); top_k=0 means no cut."""
+    if max_new_tokens <= 0 or num_samples <= 0:
+        raise ConfigError("--max_new_tokens and --num_samples must be positive")
+    if temperature < 0:
+        raise ConfigError(f"--temperature={temperature}: use 0 (greedy) or more")
+    if not prompt:
+        raise ConfigError("--prompt is empty; give at least one character (nanoGPT's is '\\n')")
+    config, params, _ = load(workdir)
+    model = models.build(config.model)
+    tok = tokenizer(workdir, config)
+    if tok.vocab_size > model.vocab_size:
+        raise ConfigError(
+            f"the tokenizer rebuilt from config.data has {tok.vocab_size} tokens but the model "
+            f"{model.vocab_size}: the training text has changed since this run"
+        )
+    try:
+        ids = tok.encode(prompt)
+    except ValueError as e:
+        raise ConfigError(f"--prompt: {e}") from None
+    rows = lm.generate(
+        model,
+        params,
+        np.tile(ids, (num_samples, 1)),
+        max_new_tokens,
+        rng=jax.random.key(seed),
+        temperature=temperature,
+        top_k=top_k or None,
+    )
+    return [tok.decode(row) for row in rows]

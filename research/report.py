@@ -108,11 +108,10 @@ def _plan_order(sweep_dir: Path) -> dict[Path, int]:
     plan = sweep_dir / "sweep.json"
     if not plan.exists():
         return {}
-    plan = json.loads(plan.read_text())
-    runs = [(cell, seed) for cell in plan["cells"] for seed in plan["seeds"]]
+    runs = json.loads(plan.read_text())["runs"]
     return {
-        (sweep_dir / cell_dirname(cell) / f"seed_{seed}").resolve(): i
-        for i, (cell, seed) in enumerate(runs)
+        (sweep_dir / cell_dirname(r["cell"]) / f"seed_{r['seed']}").resolve(): i
+        for i, r in enumerate(runs)
     }
 
 
@@ -444,11 +443,8 @@ def _log_scale(ax) -> None:
     from matplotlib import ticker
 
     ax.set_yscale("log")
-    plain = ticker.FuncFormatter(lambda v, _: f"{v:g}")
-    ax.yaxis.set_major_formatter(plain)
-    low, high = ax.get_ylim()
-    if high / low < 10:  # Less than a decade: no major tick may show, so label the minor ones.
-        ax.yaxis.set_minor_formatter(plain)
+    ax.yaxis.set_major_formatter(ticker.LogFormatter())
+    ax.yaxis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False))
 
 
 def plot_bars(cells: Sequence[Cell], baseline: Cell, metric: str, path: Path) -> None:

@@ -213,7 +213,8 @@ class Plan:
             "sweep": self.spec,
             "config": self.config_spec,
             "baseline": self.sweep.baseline,
-            "cells": {n: _texts(o) for n, o in self.sweep.cells.items()},
+            # Lists, not dicts: the cells' order is the table's (write_json sorts dict keys).
+            "cells": [{"name": n, "overrides": _texts(o)} for n, o in self.sweep.cells.items()],
             "seeds": list(self.sweep.seeds),
             "runs": [r.record() for r in self.runs],
         }
@@ -330,14 +331,14 @@ def run_local(
     *,
     parallel: int | None = None,
     launcher: Sequence[str] | None = None,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
     poll_s: float = 0.5,
 ) -> int:
     """Run the sweep's unfinished runs, `parallel` (default 1) at a time.
 
     Returns 0 when every run is done, 1 if any failed (run the same call again to retry them).
     """
-    parallel = parallel or 1
+    parallel, out = parallel or 1, out or sys.stdout
     if parallel < 1:
         raise ConfigError(f"--parallel={parallel}: run at least one process at a time")
     the_plan = plan(spec, workdir, launcher)

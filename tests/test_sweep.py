@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
+import launch
 from research import report, slurm, stats
 from research import sweep as sw
 from research.config import ConfigError
@@ -279,7 +280,9 @@ def hand_made_sweep(tmp_path) -> Path:
         for seed, value in enumerate(values):
             make_run(tmp_path / "sw" / cell / f"seed_{seed}", cell, seed, value,
                      overrides | {"train.seed": str(seed)}, expected)  # fmt: skip
-    plan = {"cells": {cell: {} for cell in ("baseline", "wide", "deep")}, "seeds": [0, 1, 2]}
+    plan = {
+        "runs": [{"cell": c, "seed": s} for c in ("baseline", "wide", "deep") for s in (0, 1, 2)]
+    }
     (tmp_path / "sw" / "sweep.json").write_text(json.dumps(plan))  # The order of the rows.
     return tmp_path / "sw"
 
@@ -358,21 +361,19 @@ def test_plain_runs_group_when_they_differ_only_in_seed(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-def launch(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "launch.py", *args], cwd=ROOT, capture_output=True, text=True
-    )
-
-
 @pytest.mark.slow
-def test_sweep_and_report_end_to_end(tmp_path):
+def test_sweep_and_report_end_to_end(tmp_path, capsys):
+    """The sweep in a subprocess as a user runs it; report and the no-op rerun in-process (faster)."""
     sweep_dir = tmp_path / "sw"
-    done = launch("sweep", f"--config={SMOKE}", f"--workdir={sweep_dir}", "--parallel=2")
+    command = ["sweep", f"--config={SMOKE}", f"--workdir={sweep_dir}", "--parallel=2"]
+    done = subprocess.run(
+        [sys.executable, "launch.py", *command], cwd=ROOT, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "4/4 runs done, 0 failed" in done.stdout
 
-    done = launch("report", str(sweep_dir))
-    assert done.returncode == 0, done.stderr
+    assert launch.main(["report", str(sweep_dir)]) == 0
+    printed = capsys.readouterr().out
     accuracy = {
         cell: [
             json.loads((sweep_dir / cell / f"seed_{s}" / "results.json").read_text())["metrics"][
@@ -387,15 +388,15 @@ def test_sweep_and_report_end_to_end(tmp_path):
     for cell, values in accuracy.items():
         assert table[cell]["n"] == "2" and table[cell]["seeds"] == "0 1"
         assert float(table[cell]["test/accuracy mean"]) == pytest.approx(np.mean(values))
-    assert "| sgd_momentum | optimizer.learning_rate=0.1, optimizer.name=sgd | 2 |" in done.stdout
+    assert "| sgd_momentum | optimizer.learning_rate=0.1, optimizer.name=sgd | 2 |" in printed
     assert {p.name for p in (sweep_dir / "report").iterdir()} == {
         "report.md", "table.csv", "curves.png", "bars_test_accuracy.png",
     }  # fmt: skip
 
     results = sorted(sweep_dir.glob("*/seed_*/results.json"))
     before = [p.stat().st_mtime_ns for p in results]
-    done = launch("sweep", f"--config={SMOKE}", f"--workdir={sweep_dir}", "--parallel=2")
-    assert done.returncode == 0 and "4 done, 0 to run" in done.stdout
+    assert launch.main(command) == 0
+    assert "4 done, 0 to run" in capsys.readouterr().out
     assert [p.stat().st_mtime_ns for p in results] == before
     attempts = [json.loads(p.with_name("cell.json").read_text())["attempts"] for p in results]
     assert all(len(a) == 1 for a in attempts)

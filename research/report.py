@@ -548,7 +548,7 @@ def report(
 def _state(run: RunRecord) -> str:
     steps = [r["step"] for r in read_metrics(run.path)]
     attempts = (run.cell or {}).get("attempts", [])
-    if attempts and attempts[-1].get("exit_code") not in (0, None):
+    if attempts and (attempts[-1].get("exit_code") or 0) > 0:
         state = f"failed, exit {attempts[-1]['exit_code']}"
     elif (run.path / "checkpoints").exists():
         state = f"interrupted at step {max(steps) if steps else 0}"

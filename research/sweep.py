@@ -298,11 +298,11 @@ def read_cell(run_dir: Path) -> dict[str, Any] | None:
 
 
 def status(run: Run) -> str:
-    """done (results.json), interrupted (checkpoints, no results), failed (last attempt), pending."""
+    """done (results.json), failed (last attempt's exit), interrupted (checkpoints), or pending."""
     if (run.workdir / "results.json").exists():
         return "done"
     attempts = (read_cell(run.workdir) or {}).get("attempts", [])
-    if attempts and attempts[-1].get("exit_code") not in (0, None):
+    if attempts and (attempts[-1].get("exit_code") or 0) > 0:  # < 0: killed by a signal.
         return "failed"
     if (run.workdir / "checkpoints").exists():
         return "interrupted"

@@ -280,6 +280,12 @@ def hand_made_sweep(tmp_path) -> Path:
         for seed, value in enumerate(values):
             make_run(tmp_path / "sw" / cell / f"seed_{seed}", cell, seed, value,
                      overrides | {"train.seed": str(seed)}, expected)  # fmt: skip
+    unfinished = tmp_path / "sw" / "deep" / "seed_2"  # Interrupted: not in the table, but noted.
+    unfinished.mkdir()
+    (unfinished / "checkpoints").mkdir()
+    cell = {"cell": "deep", "seed": 2, "baseline": "baseline", "overrides": {}, "attempts": []}
+    (unfinished / "cell.json").write_text(json.dumps(cell))
+    (unfinished / "metrics.jsonl").write_text('{"step": 5, "split": "train", "loss": 1.5}\n')
     plan = {
         "runs": [{"cell": c, "seed": s} for c in ("baseline", "wide", "deep") for s in (0, 1, 2)]
     }
@@ -316,6 +322,10 @@ def test_report_statistics_match_numpy_and_scipy(hand_made_sweep, tmp_path):
     assert checks["baseline"]["seeds met"] == "1/3" and checks["baseline"]["source"] == "Table 1"
 
     assert "Every cell: train.steps=10" in text
+    assert (
+        f"Not finished (not in the table): {hand_made_sweep}/deep/seed_2 (interrupted at step 5)"
+        in text
+    )
     assert "| wide | model.width=wide | 3 | 0.9850 ± 0.0050 |" in text
     for name in ("report.md", "curves.png", "bars_test_accuracy.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0

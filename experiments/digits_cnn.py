@@ -66,6 +66,18 @@ def sweep(arg: str | None = None) -> Sweep:
     The grad-norm bound 0.5 was chosen because the baseline's gradient norms are 0.02-2.3: it clips
     the early steps and the spikes, not every step. SGD's learning rate 0.1 is the usual one for
     SGD with momentum 0.9 (AdamW's 3e-3 would barely move it).
+
+    Measured (2 cores shared with other jobs, load average 10-15; --parallel=2): 17.5 min for the
+    15 runs. Test accuracy, mean ± std over seeds; delta vs baseline with a Welch 95% interval:
+
+        baseline      0.9954 ± 0.0016
+        sgd_momentum  0.9917 ± 0.0028   -0.0037 [-0.0094, +0.0020]
+        clip_0.5      0.9972 ± 0.0000   +0.0019 [-0.0021, +0.0058]
+        ema_0.99      0.9954 ± 0.0016   +0.0000 [-0.0036, +0.0036]
+        no_augment    0.9815 ± 0.0042   -0.0139 [-0.0231, -0.0047]
+
+    Only dropping augmentation makes a difference three seeds can resolve. The test split is also
+    the eval split here, so read this table as understanding, not as tuning.
     """
     variant = parse_arg(arg, quick=False, smoke=False)
     variants = {

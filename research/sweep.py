@@ -378,6 +378,7 @@ def run_local(
         progress.close()
         print("interrupted; run the same command again to resume", file=out, flush=True)
         return 130
+    progress.show([], 0)
     progress.close()
     failed = progress.failed
     print(

@@ -102,6 +102,7 @@ def defaults() -> ml_collections.ConfigDict:
             "steps": 1000,
             "batch_size": 128,
             "eval_batch_size": 256,
+            "steps_per_call": 1,  # Steps per compiled call (lax.scan); keep 1 for conv nets on CPU.
             "seed": 0,
             "log_every_steps": 50,
             "eval_every_steps": 500,

@@ -122,9 +122,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) dimension split over every device."""
-    return NamedSharding(mesh, P(BATCH_AXES))
+def batch_sharding(mesh: Mesh, stacked: bool = False) -> NamedSharding:
+    """Batch dimension split over every device; `stacked` batches have a leading steps axis."""
+    return NamedSharding(mesh, P(None, BATCH_AXES) if stacked else P(BATCH_AXES))
 
 
 def state_sharding(abstract_state: Any, mesh: Mesh) -> Any:
@@ -160,9 +160,11 @@ def batch_norm_axis(parallel_config: Mapping[str, Any]) -> str | None:
 # -------------------------------------------------------------------------------------------------
 
 
-def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+def global_batch(
+    local_batch: Mapping[str, np.ndarray], mesh: Mesh, stacked: bool = False
+) -> dict[str, jax.Array]:
     """Assemble the global batch from this process's rows (every process calls this)."""
-    sharding = batch_sharding(mesh)
+    sharding = batch_sharding(mesh, stacked)
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
 
 
@@ -181,33 +183,33 @@ def gather(tree: Any) -> Any:
 # -------------------------------------------------------------------------------------------------
 
 
-def _gspmd(step: StepFn, mesh: Mesh, state_shardings: Any) -> Callable:
+def _gspmd(step: StepFn, mesh: Mesh, state_shardings: Any, stacked: bool) -> Callable:
     return jax.jit(
         functools.partial(step, data_axis=None),
-        in_shardings=(state_shardings, batch_sharding(mesh)),
+        in_shardings=(state_shardings, batch_sharding(mesh, stacked)),
         out_shardings=(state_shardings, replicated(mesh)),
         donate_argnums=0,
     )
 
 
-def _shard_map(step: StepFn, mesh: Mesh, state_shardings: Any) -> Callable:
+def _shard_map(step: StepFn, mesh: Mesh, state_shardings: Any, stacked: bool) -> Callable:
     # out_specs P(): shard_map checks (check_vma) that the new state and the metrics are the same
     # on every device, so a missing pmean is a trace-time error rather than drifting replicas.
     per_device = jax.shard_map(
         functools.partial(step, data_axis=DATA_AXIS),
         mesh=mesh,
-        in_specs=(P(), P(DATA_AXIS)),
+        in_specs=(P(), P(None, DATA_AXIS) if stacked else P(DATA_AXIS)),
         out_specs=P(),
     )
     return jax.jit(
         per_device,
-        in_shardings=(state_shardings, batch_sharding(mesh)),
+        in_shardings=(state_shardings, batch_sharding(mesh, stacked)),
         out_shardings=(state_shardings, replicated(mesh)),
         donate_argnums=0,
     )
 
 
-def _pmap(step: StepFn, mesh: Mesh, state_shardings: Any) -> Callable:
+def _pmap(step: StepFn, mesh: Mesh, state_shardings: Any, stacked: bool) -> Callable:
     del state_shardings  # Replicated: pmap's in_axes=None / out_axes=None.
     devices = mesh.devices.size
     # The state goes in whole (in_axes=None) and comes out whole (out_axes=None), rather than
@@ -216,15 +218,19 @@ def _pmap(step: StepFn, mesh: Mesh, state_shardings: Any) -> Callable:
     mapped = jax.pmap(
         functools.partial(step, data_axis=DATA_AXIS),
         axis_name=DATA_AXIS,
-        in_axes=(None, 0),
+        in_axes=(None, 1 if stacked else 0),
         out_axes=None,
         donate_argnums=0,
         devices=list(mesh.devices.flat),
     )
-    # [global_batch, ...] -> [devices, per_device, ...]: each device's rows stay where they are.
+    # [global_batch, ...] -> [devices, per_device, ...]: each device's rows stay where they are
+    # (stacked: [steps, global_batch, ...] -> [steps, devices, per_device, ...]).
+    lead = 1 if stacked else 0
     split = jax.jit(
-        lambda batch: jax.tree.map(lambda x: x.reshape(devices, -1, *x.shape[1:]), batch),
-        out_shardings=NamedSharding(mesh, P(DATA_AXIS)),
+        lambda batch: jax.tree.map(
+            lambda x: x.reshape(*x.shape[:lead], devices, -1, *x.shape[lead + 1 :]), batch
+        ),
+        out_shardings=NamedSharding(mesh, P(*[None] * lead, DATA_AXIS)),
     )
 
     def run(state: dict, batch: dict) -> tuple[dict, dict]:
@@ -240,7 +246,7 @@ def _pmap(step: StepFn, mesh: Mesh, state_shardings: Any) -> Callable:
     return run
 
 
-STRATEGIES: dict[str, Callable[[StepFn, Mesh, Any], Callable]] = {
+STRATEGIES: dict[str, Callable[[StepFn, Mesh, Any, bool], Callable]] = {
     "gspmd": _gspmd,
     "shard_map": _shard_map,
     "pmap": _pmap,
@@ -248,10 +254,18 @@ STRATEGIES: dict[str, Callable[[StepFn, Mesh, Any], Callable]] = {
 
 
 def compile_step(
-    parallel_config: Mapping[str, Any], step: StepFn, mesh: Mesh, state_shardings: Any
+    parallel_config: Mapping[str, Any],
+    step: StepFn,
+    mesh: Mesh,
+    state_shardings: Any,
+    stacked: bool = False,
 ) -> Callable[[dict, dict], tuple[dict, dict]]:
-    """`step` mapped over the mesh by `parallel.strategy`: (state, global batch) -> (state, metrics)."""
-    return STRATEGIES[parallel_config.get("strategy", "gspmd")](step, mesh, state_shardings)
+    """`step` mapped over the mesh by `parallel.strategy`: (state, global batch) -> (state, metrics).
+
+    `stacked`: the batch has a leading axis of steps (several steps per compiled call).
+    """
+    strategy = STRATEGIES[parallel_config.get("strategy", "gspmd")]
+    return strategy(step, mesh, state_shardings, stacked)
 
 
 def mean_over(axis: str | None, tree: Any) -> Any:

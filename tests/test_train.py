@@ -158,3 +158,30 @@ def test_every_experiment_smoke_variant_trains(tmp_path, experiment):
     result = train.run(cfg.build_config(f"experiments/{experiment}.py:smoke", {}), tmp_path)
     assert result["step"] == cfg.load_experiment(f"experiments/{experiment}.py:smoke").train.steps
     assert np.isfinite(result["metrics"]["test/loss"])
+
+
+def test_several_steps_per_call_match_one_step_per_call(tmp_path):
+    """A scanned chunk of steps computes the same updates as one step per call (to float error)."""
+    base = {"train.steps": "12", "train.log_every_steps": "4"}
+    one = train.run(smoke_config(base), tmp_path / "one")
+    four = train.run(smoke_config(base | {"train.steps_per_call": "5"}), tmp_path / "four")
+    for x, y in zip(
+        jax.tree.leaves(final_state(tmp_path / "one")),
+        jax.tree.leaves(final_state(tmp_path / "four")),
+    ):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+    assert one["metrics"]["test/accuracy"] == pytest.approx(
+        four["metrics"]["test/accuracy"], abs=1 / 360
+    )
+    steps = [
+        json.loads(line)["step"]
+        for line in (tmp_path / "four" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == [
+        4,
+        6,
+        8,
+        12,
+        12,
+        12,
+    ]  # Chunks stop at log (4), eval (6) and checkpoint boundaries.

@@ -19,7 +19,8 @@ import argparse
 import logging
 import sys
 
-EXIT_USAGE = 2
+EXIT_USAGE = 2  # A mistake in the command or config: nothing was run.
+EXIT_HALTED = 1  # Training stopped (non-finite values, a failed save); see the message.
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
@@ -64,8 +65,10 @@ def main(argv: list[str]) -> int:
     """Entry point; returns the process exit status."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("research").setLevel(logging.INFO)
+    from research.checkpoint import SaveFailed
     from research.config import ConfigError, build_config, validate
     from research.data import DatasetUnavailable
+    from research.guard import TrainingHalted
 
     try:
         if argv[:1] == ["sweep"]:
@@ -89,7 +92,7 @@ def main(argv: list[str]) -> int:
         validate(config, device_count=jax.device_count())
         from research import train
 
-        train.run(
+        result = train.run(
             config,
             args.workdir,
             argv=[sys.argv[0], *argv],
@@ -99,7 +102,11 @@ def main(argv: list[str]) -> int:
     except (ConfigError, DatasetUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    return 0
+    except (TrainingHalted, SaveFailed) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_HALTED
+    # Preempted: the shell's convention for "killed by signal N", so schedulers see it.
+    return 128 + result["signal"] if result.get("signal") else 0
 
 
 def sweep_command(argv: list[str]) -> int:

@@ -22,6 +22,21 @@ from orbax.checkpoint import checkpoint_managers
 log = logging.getLogger(__name__)
 
 
+class SaveFailed(RuntimeError):
+    """A checkpoint could not be written; the message says which and what is still intact."""
+
+    def __init__(self, step: int, error: Exception, checkpointer: "Checkpointer"):
+        try:
+            intact = checkpointer.all_steps()
+        except Exception:  # noqa: BLE001 - the filesystem itself may be gone.
+            intact = "unknown"
+        super().__init__(
+            f"saving checkpoint step {step} failed ({type(error).__name__}: {error}); "
+            f"earlier checkpoints {intact} in {checkpointer.directory} are intact. Free space or "
+            "fix the path, then launch again to resume"
+        )
+
+
 class Checkpointer:
     """Save and restore (state, data iterator position, loop metadata) by step."""
 
@@ -113,8 +128,11 @@ class Checkpointer:
         self._manager.reload()
 
     def wait(self) -> None:
-        """Block until pending asynchronous saves are on disk."""
-        self._manager.wait_until_finished()
+        """Block until pending asynchronous saves are on disk (raises SaveFailed if one failed)."""
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:
+            raise SaveFailed(self._manager.latest_step() or -1, e, self) from e
 
     def close(self) -> None:
         """Finish pending saves and release the manager."""

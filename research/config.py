@@ -112,6 +112,9 @@ def defaults() -> ml_collections.ConfigDict:
             "best_mode": "max",
             "early_stopping_patience": 0,  # Evals without improvement before stopping; 0 = off.
             "label_smoothing": 0.0,
+            "nonfinite": "halt",  # halt | skip: what a NaN/Inf loss or update does (research/guard.py).
+            "max_consecutive_skips": 10,  # Skipped updates in a row before stopping; 0 = never.
+            "loss_spike_sigmas": 0.0,  # Skip updates whose loss exceeds mean + k std; 0 = off.
         }
     )
     c.parallel = ml_collections.ConfigDict(
@@ -311,6 +314,12 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
         value = train.get(name)
         if not isinstance(value, int) or value <= 0:
             raise ConfigError(f"train.{name} must be a positive integer, got {value!r}")
+    from research import guard
+
+    if train.get("nonfinite", "halt") not in guard.POLICIES:
+        raise ConfigError(f"train.nonfinite={train.nonfinite!r}; choose one of {guard.POLICIES}")
+    if train.get("loss_spike_sigmas", 0.0) < 0 or train.get("max_consecutive_skips", 0) < 0:
+        raise ConfigError("train.loss_spike_sigmas and train.max_consecutive_skips must be >= 0")
     if "seed" not in train:
         raise ConfigError("train.seed is missing; add train.seed = 0 to the experiment file")
     if config.model.get("name") not in models.MODELS:

@@ -24,7 +24,8 @@ import numpy as np
 import optax
 import tqdm
 
-from research import checkpoint, data, models, optim, parallel, tasks, workdir
+from research import checkpoint, data, guard, models, optim, parallel, tasks, workdir
+from research.preemption import Preemption
 from research.writer import MetricWriter, read_metrics
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ def run(
             "model_state": dict(variables),
             "opt_state": tx.init(params),
             "ema_params": jax.tree.map(jnp.copy, params) if ema_decay else {},
+            "guard": guard.init(),
         }
 
     # ---------------------------------------------------------------------------------------------
@@ -152,17 +154,27 @@ def run(
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         ema_params = optim.ema_update(state["ema_params"], params, ema_decay) if ema_decay else {}
-        new_state = {
-            "step": state["step"] + 1,
+        metrics = jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *step_metrics)
+        metrics |= {"loss": jnp.mean(jnp.stack(losses))}
+        metrics = parallel.mean_over(data_axis, metrics)
+        # Apply the update only if it is finite (and not a loss spike): research/guard.py.
+        updated = {
             "params": params,
             "model_state": model_state,
             "opt_state": opt_state,
             "ema_params": ema_params,
         }
-        metrics = jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *step_metrics)
-        metrics |= {"loss": jnp.mean(jnp.stack(losses))}
-        metrics = parallel.mean_over(data_axis, metrics)
-        metrics |= {
+        kept, new_guard, guard_metrics = guard.apply(
+            state["guard"],
+            state["step"],
+            metrics["loss"],
+            updates,
+            updated,
+            {k: state[k] for k in updated},
+            tc.get("loss_spike_sigmas", 0.0),
+        )
+        new_state = {"step": state["step"] + 1, **kept, "guard": new_guard}
+        metrics |= guard_metrics | {
             "grad_norm": optax.global_norm(grads),
             "learning_rate": schedule(state["step"]),
         }
@@ -241,9 +253,27 @@ def run(
         log.info("resumed from step %d", step)
     writer = MetricWriter(wd, enabled=is_main, resume_step=step)
 
+    def last_good_checkpoint() -> str:
+        ckpt.wait()
+        latest = ckpt.latest_step()
+        return f"step {latest} in {ckpt.directory}" if latest is not None else "none (start over)"
+
+    def check_guard() -> None:
+        guard.check(
+            jax.device_get(state["guard"]),
+            tc.get("nonfinite", "halt"),
+            tc.get("max_consecutive_skips", 0),
+            last_good_checkpoint(),
+        )
+
     def save(step: int, eval_metrics: dict | None = None) -> None:
+        """Checkpoint `step`, after checking the guard: nothing non-finite is ever saved."""
+        check_guard()
         meta["wall_s"] = elapsed()
-        ckpt.save(step, state, train_iter.get_state(), meta, eval_metrics)
+        try:
+            ckpt.save(step, state, train_iter.get_state(), meta, eval_metrics)
+        except Exception as e:  # Disk full, permissions, a dead filesystem: report, keep the rest.
+            raise checkpoint.SaveFailed(step, e, ckpt) from e
 
     wall_before = meta["wall_s"]
     elapsed = lambda: wall_before + time.time() - started
@@ -266,66 +296,83 @@ def run(
     window_start, window_steps = time.time(), 0
     last_step = min(tc.steps, stop_after_step or tc.steps)
     boundaries = (tc.log_every_steps, tc.eval_every_steps, tc.checkpoint_every_steps)
-    while step < last_step and not meta["stopped_early"]:
-        # Run up to the next log/eval/checkpoint boundary, at most steps_per_call at once.
-        count = min([steps_per_call, last_step - step] + [b - step % b for b in boundaries])
-        if stacked:
-            local = [next(train_iter) for _ in range(count)]
-            batch = jax.tree.map(lambda *xs: np.stack(xs), *local)
-        else:
-            batch = next(train_iter)
-        state, metrics = compiled_step(state, parallel.global_batch(batch, mesh, stacked))
-        step += count
-        window_steps += count
-        bar.update(count)
+    with Preemption() as preemption:
+        try:
+            while step < last_step and not meta["stopped_early"]:
+                if preemption.requested():
+                    save(step)
+                    break
+                # Run up to the next log/eval/checkpoint boundary, at most steps_per_call at once.
+                count = min([steps_per_call, last_step - step] + [b - step % b for b in boundaries])
+                if stacked:
+                    batch = jax.tree.map(
+                        lambda *xs: np.stack(xs), *[next(train_iter) for _ in range(count)]
+                    )
+                else:
+                    batch = next(train_iter)
+                state, metrics = compiled_step(state, parallel.global_batch(batch, mesh, stacked))
+                step += count
+                window_steps += count
+                bar.update(count)
 
-        if step % tc.log_every_steps == 0 or step == tc.steps:
-            # The logged step's own metrics (not a window mean), so a resumed run logs the same.
-            means = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            seconds = time.time() - window_start
-            means["steps_per_s"] = window_steps / seconds
-            means["examples_per_s"] = window_steps * tc.batch_size / seconds
-            if not np.isfinite(means["loss"]):
-                raise FloatingPointError(f"non-finite loss at step {step}")
-            writer.write(step, "train", means)
-            bar.set_postfix(loss=f"{means['loss']:.4f}", steps_s=f"{means['steps_per_s']:.1f}")
-            if is_main and bar.disable:  # No terminal (CI, logs): one plain line per log step.
-                print(
-                    f"step {step}/{tc.steps}  loss {means['loss']:.4f}  {means['steps_per_s']:.1f} steps/s",
-                    flush=True,
-                )
-            window_start, window_steps = time.time(), 0
+                if step % tc.log_every_steps == 0 or step == tc.steps:
+                    # The logged step's own metrics (not a window mean): a resumed run logs the same.
+                    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    seconds = time.time() - window_start
+                    values["steps_per_s"] = window_steps / seconds
+                    values["examples_per_s"] = window_steps * tc.batch_size / seconds
+                    check_guard()
+                    writer.write(step, "train", values)
+                    bar.set_postfix(
+                        loss=f"{values['loss']:.4f}", steps_s=f"{values['steps_per_s']:.1f}"
+                    )
+                    if is_main and bar.disable:  # No terminal (CI, logs): a plain line instead.
+                        print(
+                            f"step {step}/{tc.steps}  loss {values['loss']:.4f}  "
+                            f"{values['steps_per_s']:.1f} steps/s",
+                            flush=True,
+                        )
+                    window_start, window_steps = time.time(), 0
 
-        eval_metrics = None
-        if step % tc.eval_every_steps == 0 or step == tc.steps:
-            values, _ = evaluate(state, config.data.eval_split)
-            writer.write(step, "eval", values)
-            eval_metrics = {f"eval/{k}": v for k, v in values.items()}
-            if best_metric:
-                update_best(
-                    meta,
-                    step,
-                    eval_metrics[best_metric],
-                    best_mode,
-                    tc.get("early_stopping_patience", 0),
-                )
-            window_start = time.time()  # Keep evaluation out of the throughput numbers.
+                eval_metrics = None
+                if step % tc.eval_every_steps == 0 or step == tc.steps:
+                    values, _ = evaluate(state, config.data.eval_split)
+                    writer.write(step, "eval", values)
+                    eval_metrics = {f"eval/{k}": v for k, v in values.items()}
+                    if best_metric:
+                        patience = tc.get("early_stopping_patience", 0)
+                        update_best(meta, step, eval_metrics[best_metric], best_mode, patience)
+                    window_start = time.time()  # Keep evaluation out of the throughput numbers.
 
-        if (
-            step % tc.checkpoint_every_steps == 0
-            or step == last_step
-            or meta["stopped_early"]
-            or eval_metrics
-        ):
-            save(step, eval_metrics)
-    bar.close()
-    ckpt.wait()
+                if (
+                    step % tc.checkpoint_every_steps == 0
+                    or step == last_step
+                    or meta["stopped_early"]
+                    or eval_metrics
+                ):
+                    save(step, eval_metrics)
+            ckpt.wait()
+        except BaseException:
+            writer.close()  # Flush what was logged; pending saves finish in ckpt.close().
+            _close_quietly(ckpt)
+            raise
+        finally:
+            bar.close()
     if step < tc.steps and not meta["stopped_early"]:
         writer.close()
         ckpt.close()
+        reason = f"received {preemption.name}" if step < last_step else "stopped"
         if is_main:
-            print(f"stopped after step {step} of {tc.steps}; launch again to resume", flush=True)
-        return {"experiment": config.experiment, "step": step, "finished": False}
+            print(
+                f"{reason} at step {step} of {tc.steps}: checkpoint saved; launch again to resume",
+                flush=True,
+            )
+        return {
+            "experiment": config.experiment,
+            "step": step,
+            "finished": False,
+            "signal": preemption.received,
+        }
 
     # ---------------------------------------------------------------------------------------------
     # Final evaluation on the test split.
@@ -353,6 +400,14 @@ def run(
         print(task.report(details), flush=True)
         print(summary_line(result), flush=True)
     return result
+
+
+def _close_quietly(ckpt: checkpoint.Checkpointer) -> None:
+    """Close the checkpointer while another error is on its way out (that error is the news)."""
+    try:
+        ckpt.close()
+    except Exception as e:  # noqa: BLE001
+        log.warning("while stopping, a pending checkpoint save failed too: %s", e)
 
 
 def update_best(meta: dict, step: int, value: float, mode: str, patience: int) -> None:

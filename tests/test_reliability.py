@@ -1,9 +1,12 @@
 """Nothing lost: crashes at any moment, corrupt checkpoints and leftovers resume bit-exactly."""
 
+import json
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -24,10 +27,12 @@ OVERRIDES = (
 )
 
 
-def drive(workdir: Path, point: str = "never", step: int = 0) -> subprocess.CompletedProcess:
-    """Run the driver; `point`/`step` choose where it kills itself."""
+def drive(
+    workdir: Path, point: str = "never", step: int | str = 0, *extra: str
+) -> subprocess.CompletedProcess:
+    """Run the driver; `point`/`step` choose the fault (tests/drivers/die_at.py)."""
     return subprocess.run(
-        [sys.executable, str(DRIVER), str(workdir), point, str(step), *OVERRIDES],
+        [sys.executable, str(DRIVER), str(workdir), point, str(step), *OVERRIDES, *extra],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -103,3 +108,124 @@ def test_no_pickle_in_checkpoints(reference_run, reference):
     assert jax.tree.leaves(reference) and all(
         isinstance(x, np.ndarray) for x in jax.tree.leaves(reference)
     )
+
+
+def _all_checkpoints_finite(workdir: Path) -> bool:
+    steps = _step_dirs(workdir)
+    assert steps
+    return all(
+        all(
+            np.isfinite(x).all()
+            for x in jax.tree.leaves(final_state(workdir, s))
+            if x.dtype.kind == "f"
+        )
+        for s in steps
+    )
+
+
+def test_nan_halts_by_default_naming_the_step_and_last_good_checkpoint(tmp_path):
+    out = drive(tmp_path, "nan", 5)  # Batch index 5 is step 6's; checkpoints at 4, 8, ...
+    assert out.returncode == 1, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
+    assert "non-finite loss or update at step 6" in errors[0]
+    assert f"Last good checkpoint: step 4 in {tmp_path / 'checkpoints'}" in errors[0]
+    assert _step_dirs(tmp_path) == [4]  # Nothing after the bad step was saved ...
+    assert _all_checkpoints_finite(tmp_path)  # ... and nothing non-finite ever.
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_skip_policy_skips_and_counts_then_finishes(tmp_path, reference):
+    out = drive(tmp_path, "nan", "5:1", "--config.train.nonfinite=skip")
+    assert out.returncode == 0, out.stderr[-2000:]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train_logs = {r["step"]: r for r in records if r["split"] == "train"}
+    assert train_logs[5]["skipped_updates"] == 0
+    assert train_logs[6]["skipped_updates"] == 1 and train_logs[6]["update_applied"] == 0.0
+    assert train_logs[16]["skipped_updates"] == 1
+    assert _all_checkpoints_finite(tmp_path)
+    state = final_state(tmp_path)
+    assert int(state["guard"]["skipped"]) == 1 and int(state["step"]) == 16
+    assert not np.array_equal(
+        state["params"]["Dense_1"]["kernel"], reference["params"]["Dense_1"]["kernel"]
+    )
+
+
+def test_skip_policy_stops_after_consecutive_skips(tmp_path):
+    out = drive(
+        tmp_path,
+        "nan",
+        5,
+        "--config.train.nonfinite=skip",
+        "--config.train.max_consecutive_skips=3",
+    )
+    assert out.returncode == 1
+    assert (
+        "3 consecutive updates skipped" in out.stderr
+        and "Last good checkpoint: step 4" in out.stderr
+    )
+    assert _all_checkpoints_finite(tmp_path)
+
+
+def test_loss_spike_guard_skips_the_spike_only_when_on(tmp_path):
+    steps = (
+        "--config.train.steps=28",
+        "--config.train.checkpoint_every_steps=28",
+        "--config.train.eval_every_steps=28",
+    )
+    on = drive(tmp_path / "on", "spike", 24, *steps, "--config.train.loss_spike_sigmas=3")
+    off = drive(tmp_path / "off", "spike", 24, *steps)
+    assert on.returncode == 0 and off.returncode == 0, on.stderr[-2000:] + off.stderr[-2000:]
+    skipped = lambda wd: int(final_state(wd)["guard"]["skipped"])
+    assert skipped(tmp_path / "on") == 1 and skipped(tmp_path / "off") == 0
+
+
+def test_failed_save_is_reported_and_earlier_checkpoints_survive(tmp_path, reference):
+    out = drive(tmp_path, "diskfull", 8)
+    assert out.returncode == 1, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "saving checkpoint step 8 failed" in errors[0]
+    assert "No space left on device" in errors[0] and "earlier checkpoints [4]" in errors[0]
+    assert _step_dirs(tmp_path) == [4]
+    resumed = drive(tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_trees_equal(final_state(tmp_path), reference)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_preemption_saves_at_the_current_step_and_the_restart_continues(tmp_path, signum):
+    long_run = [
+        "--config.train.steps=5000",
+        "--config.train.log_every_steps=1",
+        "--config.train.eval_every_steps=5000",
+    ]
+    command = [sys.executable, str(DRIVER), str(tmp_path), "never", "0", *long_run]
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (
+        metrics.exists() and len(metrics.read_text().splitlines()) >= 3
+    ):
+        time.sleep(0.2)
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signum, stderr[-2000:]
+    name = signal.Signals(signum).name
+    match = re.search(rf"received {name} at step (\d+) of 5000: checkpoint saved", stdout)
+    assert match, stdout[-2000:]
+    stopped_at = int(match.group(1))
+    assert stopped_at in _step_dirs(tmp_path)
+    logged = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert max(logged) == stopped_at  # Logs flushed up to the saved step.
+    again = subprocess.run(
+        [*command, f"--stop_after_step={stopped_at + 2}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resumed from step {stopped_at}" in again.stderr
+    assert int(final_state(tmp_path)["step"]) == stopped_at + 2

@@ -111,7 +111,7 @@ def test_resume_is_bitwise_equal(tmp_path):
     }
     whole = train.run(smoke_config(overrides), tmp_path / "whole")
     half = train.run(smoke_config(overrides), tmp_path / "split", stop_after_step=5)
-    assert half == {"experiment": "digits_cnn:smoke", "step": 5, "finished": False}
+    assert half == {"experiment": "digits_cnn:smoke", "step": 5, "finished": False, "signal": None}
     resumed = train.run(smoke_config(overrides), tmp_path / "split")
     assert_trees_equal(final_state(tmp_path / "whole"), final_state(tmp_path / "split"))
     assert whole["metrics"] == resumed["metrics"]

@@ -55,6 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         embed_dim=384,
         dropout_rate=0.2,
         use_bias=False,
+        activation="gelu_exact",  # nanoGPT's MLP uses torch's nn.GELU(): the erf form
     )
     c.data.kind = "text"
     c.data.name = "tiny_shakespeare"

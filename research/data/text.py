@@ -33,7 +33,6 @@ from typing import Any
 import grain
 import ml_collections
 import numpy as np
-import tensorflow_datasets as tfds
 
 from research.config import ConfigError
 from research.data import pipeline, sources, text_file, tokenizers
@@ -188,8 +187,8 @@ def _tokenizer(key: tuple, kind: str) -> tokenizers.Tokenizer:
             f"data.tokenizer={kind!r} is unknown; choose one of {sorted(tokenizers.TOKENIZERS)}"
         )
     try:
-        # TFDS's "all" is every split of the dataset: the char vocabulary of the whole text.
-        return tokenizers.TOKENIZERS[kind].fit(_text(key, tfds.Split.ALL))
+        # TFDS's split "all" is every split of the dataset: the char vocabulary of the whole text.
+        return tokenizers.TOKENIZERS[kind].fit(_text(key, "all"))
     except RuntimeError as e:  # GPT-2's BPE files could not be fetched.
         raise sources.DatasetUnavailable(str(e)) from None
 

@@ -53,12 +53,18 @@ def summarize(outputs: dict[str, np.ndarray], info: Any) -> tuple[dict[str, floa
     return metrics, {"windows": len(outputs["loss"])}
 
 
+def report(details: dict) -> str:
+    """How much text the final evaluation scored."""
+    return f"{details['windows']:,} non-overlapping windows evaluated"
+
+
 TASK = Task(
     input_key="inputs",
     input_dtype="int32",
     train_loss=train_loss,
     eval_outputs=eval_outputs,
     summarize=summarize,
+    report=report,
 )
 
 

@@ -57,6 +57,12 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     parser.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")
     parser.add_argument("--num_processes", type=int, default=None, help="processes in the run")
     parser.add_argument("--process_id", type=int, default=None, help="this process, 0..N-1")
+    parser.add_argument(
+        "--heartbeat_timeout_s",
+        type=int,
+        default=100,
+        help="if a process dies, the others stop within about this many seconds",
+    )
     args, rest = parser.parse_known_args(argv)
     return args, parse_overrides(rest)
 
@@ -86,6 +92,7 @@ def main(argv: list[str]) -> int:
             coordinator=args.coordinator,
             num_processes=args.num_processes,
             process_id=args.process_id,
+            heartbeat_timeout_s=args.heartbeat_timeout_s,
         )
         import jax
 

@@ -64,8 +64,13 @@ def initialize_distributed(
     coordinator: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
+    heartbeat_timeout_s: int = 100,
 ) -> None:
     """Join a multi-process run if asked to (before anything touches a device).
+
+    If a process dies, JAX's coordination service notices its missing heartbeats within
+    `heartbeat_timeout_s` and terminates the others (SIGABRT, non-zero exit), so a run fails
+    as a whole instead of hanging in a collective.
 
     `auto`: JAX detects the cluster itself (SLURM, Open MPI, Cloud TPU; elsewhere, such as
     Kubernetes, from JAX_COORDINATOR_ADDRESS and friends). Otherwise give all three of
@@ -81,7 +86,9 @@ def initialize_distributed(
             "give all of --coordinator=HOST:PORT --num_processes=N --process_id=I, "
             "or --distributed to let JAX detect the cluster"
         )
-    jax.distributed.initialize(coordinator, num_processes, process_id)
+    jax.distributed.initialize(
+        coordinator, num_processes, process_id, heartbeat_timeout_seconds=heartbeat_timeout_s
+    )
 
 
 # -------------------------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """Nothing lost: crashes at any moment, corrupt checkpoints and leftovers resume bit-exactly."""
 
 import json
+import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -229,3 +231,53 @@ def test_preemption_saves_at_the_current_step_and_the_restart_continues(tmp_path
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"resumed from step {stopped_at}" in again.stderr
     assert int(final_state(tmp_path)["step"]) == stopped_at + 2
+
+
+def test_when_one_process_dies_the_other_exits_nonzero_in_bounded_time(tmp_path):
+    """2 local processes (jax.distributed on 127.0.0.1): SIGKILL one, the other must not hang."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+        "PYTHONPATH": str(ROOT),
+    }
+    command = [
+        sys.executable,
+        str(ROOT / "launch.py"),
+        "--config=experiments/digits_cnn.py:smoke",
+        f"--workdir={tmp_path / 'run'}",
+        "--config.train.steps=1000000",
+        "--config.train.log_every_steps=1",
+        "--config.train.eval_every_steps=1000000",
+        "--config.train.checkpoint_every_steps=1000000",
+        f"--coordinator=127.0.0.1:{port}",
+        "--num_processes=2",
+        "--heartbeat_timeout_s=10",
+    ]
+    logs = [(tmp_path / f"p{i}.log").open("w") for i in range(2)]
+    processes = [
+        subprocess.Popen(
+            [*command, f"--process_id={i}"], cwd=ROOT, env=env, stdout=logs[i], stderr=logs[i]
+        )
+        for i in range(2)
+    ]
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (
+        metrics.exists() and len(metrics.read_text().splitlines()) >= 2
+    ):
+        assert all(p.poll() is None for p in processes), (tmp_path / "p0.log").read_text()[-2000:]
+        time.sleep(0.5)
+    processes[1].kill()
+    killed_at = time.time()
+    try:
+        code = processes[0].wait(timeout=120)
+    finally:
+        for p in processes:
+            p.kill()
+    waited = time.time() - killed_at
+    assert code != 0
+    assert waited < 60, f"the survivor took {waited:.0f}s to stop"
+    assert "stopped sending heartbeats" in (tmp_path / "p0.log").read_text()

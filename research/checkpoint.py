@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
@@ -121,7 +122,7 @@ class Checkpointer:
     def _quarantine(self, step: int) -> None:
         """Move an unreadable step aside so the manager no longer offers it."""
         source = self.directory / str(step)
-        if source.exists():
+        if source.exists() and jax.process_index() == 0:  # One process moves it; all reload.
             target = self.directory.parent / f"corrupt_checkpoint_{step}"
             shutil.rmtree(target, ignore_errors=True)
             source.rename(target)

@@ -4,7 +4,7 @@ Read it top to bottom: workdir, mesh, input, model and optimizer, state and shar
 step, evaluation, checkpoint/resume, the loop, final evaluation. The train state is a plain dict:
 
     {"step": int32, "params": ..., "model_state": {"batch_stats": ...} or {},
-     "opt_state": ..., "ema_params": ... or {}}
+     "opt_state": ..., "ema_params": ... or {}, "guard": {skipped updates, loss EMAs, ...}}
 
 Per-step randomness is `fold_in(seed_key, step)`, so it is a function of the step alone and a
 resumed run draws exactly the numbers an uninterrupted one would.

@@ -25,6 +25,7 @@ import optax
 import tqdm
 
 from research import checkpoint, data, guard, models, optim, parallel, tasks, workdir
+from research.config import ConfigError
 from research.preemption import Preemption
 from research.writer import MetricWriter, read_metrics
 
@@ -51,12 +52,20 @@ def run(
     wd = Path(workdir_path)
     workdir.check_compatible(wd, config, force)
     info = data.info(config.data)
+    outputs = config.model.get("num_classes", config.model.get("vocab_size"))
+    if outputs is not None and outputs < info.num_classes:
+        raise ConfigError(
+            f"the model has {outputs} outputs but the data has {info.num_classes} classes (or "
+            "tokens); set model.num_classes / model.vocab_size to at least that"
+        )
     task = tasks.get(config.get("task", "classification"))
     wd.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
     if is_main:
         workdir.write_json(wd / "config.json", config.to_dict())
         workdir.write_json(wd / "provenance.json", workdir.provenance(list(argv)))
+        for name, text in info.workdir_files.items():
+            (wd / name).write_text(text)
     tc = config.train
 
     # ---------------------------------------------------------------------------------------------

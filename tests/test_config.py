@@ -161,3 +161,14 @@ def test_launcher_refuses_another_experiments_workdir(tmp_path):
     assert out.returncode == 2
     assert "holds a run of 'cifar10_resnet20'" in out.stderr
     assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_model_smaller_than_the_data_is_refused_before_writing(tmp_path):
+    out = launch(
+        "--config=experiments/digits_cnn.py:smoke",
+        "--config.model.num_classes=5",
+        f"--workdir={tmp_path / 'run'}",
+    )
+    assert out.returncode == 2
+    assert "the model has 5 outputs but the data has 10 classes" in out.stderr
+    assert not (tmp_path / "run").exists()

@@ -41,12 +41,14 @@ class DatasetUnavailable(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-    """What the trainer needs to know about an image-classification dataset."""
+    """What the trainer needs to know about a dataset."""
 
-    num_classes: int
+    num_classes: int  # Classes, or the tokenizer's vocabulary size for text.
     class_names: list[str]
-    input_shape: tuple[int, ...]  # (height, width, channels) of one example
-    num_train: int  # examples in data.train_split
+    input_shape: tuple[int, ...]  # One example: (height, width, channels), or (tokens,).
+    num_train: int  # Examples (or tokens) in data.train_split.
+    # Files the run keeps in its workdir to be usable later, e.g. {"tokenizer.json": ...}.
+    workdir_files: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def open_split(data_config: ml_collections.ConfigDict, split: str) -> Sequence[dict[str, Any]]:

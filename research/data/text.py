@@ -52,10 +52,14 @@ def split_tokens(data_config: ml_collections.ConfigDict, split: str) -> np.ndarr
 def info(data_config: ml_collections.ConfigDict) -> sources.DatasetInfo:
     """Vocabulary size (as num_classes), window shape (T,) and the number of train tokens."""
     seq_len = _seq_len(data_config)
-    vocab_size = tokenizer(data_config).vocab_size
+    tok = tokenizer(data_config)
     train = _windowable(data_config, data_config.train_split)
     return sources.DatasetInfo(
-        num_classes=vocab_size, class_names=[], input_shape=(seq_len,), num_train=len(train)
+        num_classes=tok.vocab_size,
+        class_names=[],
+        input_shape=(seq_len,),
+        num_train=len(train),
+        workdir_files={"tokenizer.json": tok.to_json()},  # research/sample.py decodes with it.
     )
 
 

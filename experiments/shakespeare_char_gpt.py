@@ -52,6 +52,7 @@ size).
 import ml_collections
 
 from research.config import defaults, parse_arg
+from research.sweep import Sweep, ablation
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -71,6 +72,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         dropout_rate=0.2,
         use_bias=False,
         activation="gelu_exact",  # nanoGPT's MLP uses torch's nn.GELU(): the erf form
+        norm="layer",  # Declared so each is one override away: --config.model.norm=rms.
+        norm_position="pre",
+        pos_emb="learned",
     )
     c.data.kind = "text"
     c.data.name = "tiny_shakespeare"
@@ -142,3 +146,29 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.schedule.decay_steps = 0  # = train.steps
         c.expected.metric = ""  # A smoke run checks the plumbing, not the number.
     return c
+
+
+def sweep(arg: str | None = None) -> Sweep:
+    """Ablate the GPT's layout on the CPU recipe: post-norm, RMSNorm, rotary positions.
+
+        python launch.py sweep --config=experiments/shakespeare_char_gpt.py:path=FILE \
+            --workdir=sweeps/gpt_layout --parallel=2
+        python launch.py report sweeps/gpt_layout
+
+    Each cell is the `cpu` recipe (2,000 steps) with one change, at 3 seeds (12 runs). `path=FILE`
+    reads a local copy of tinyshakespeare instead of TFDS's; `quick` runs 600 steps at 2 seeds;
+    `smoke` is 2 cells x 2 seeds of the smoke config, for tests.
+    """
+    variant = parse_arg(arg, path="", quick=False, smoke=False)
+    variants = {
+        "post_norm": {"model.norm_position": "post"},
+        "rms_norm": {"model.norm": "rms"},
+        "rotary": {"model.pos_emb": "rotary"},
+    }
+    if variant.smoke:
+        return ablation({}, {"rotary": variants["rotary"]}, seeds=2, config_arg="smoke")
+    baseline = {"data.path": variant.path} if variant.path else {}
+    if variant.quick:
+        baseline |= {"train.steps": 600, "schedule.decay_steps": 600, "train.eval_every_steps": 300}
+        baseline |= {"expected.metric": ""}  # 1.88 is a 2,000-step number.
+    return ablation(baseline, variants, seeds=2 if variant.quick else 3, config_arg="cpu")

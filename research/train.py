@@ -275,8 +275,13 @@ def run(
             last_good_checkpoint(),
         )
 
+    saved_steps = set(ckpt.all_steps())
+
     def save(step: int, eval_metrics: dict | None = None) -> None:
         """Checkpoint `step`, after checking the guard: nothing non-finite is ever saved."""
+        if step in saved_steps:  # E.g. a preemption signal right after a regular save.
+            return
+        saved_steps.add(step)
         check_guard()
         meta["wall_s"] = elapsed()
         try:

@@ -11,7 +11,8 @@ here SGD with momentum 0.9 and a cosine schedule for 20 epochs (8,600 steps at b
 distortions. Expected: test accuracy 99.05% (the paper's 0.95% error for LeNet-5 without
 distortions, Sec. III.C / Fig. 14), checked with a 0.15% tolerance.
 Data: TFDS mnist, downloaded and prepared once (needs `pip install tensorflow-cpu`; see README).
-Runtime: RUNTIME_PLACEHOLDER
+Runtime: ~7 steps/s on a 2-core x86-64 CPU under heavy load (mock data of the real shapes),
+so 8,600 steps take about 20 minutes plus evaluations; faster on an idle machine.
 """
 
 import ml_collections

@@ -25,16 +25,18 @@ Expected:
   recipe: val loss 1.4697 at 5,000 steps (nanoGPT README: "the best validation loss is 1.4697").
           Not run here (CPU only). Tolerance 0.02: about two seed standard deviations (0.011,
           measured on the cpu variant below).
-  cpu:    val loss 1.88 at 2,000 steps (nanoGPT README, "I only have a macbook": "gets us a
-          loss of only 1.88"); checked as <= 1.89.
+  cpu:    nanoGPT's README reports val loss 1.88 at 2,000 steps ("I only have a macbook"): one
+          run (seed 1337) scored by a 20-batch random estimate. The machine check here is the
+          PyTorch reference scored like ours instead: ../shared/bench/torch_gpt.py trained on
+          this machine, every validation window scored once, seeds 1337/1/2: 1.8948, 1.9133,
+          1.9130, mean 1.907 (std 0.009); checked as within 1.907 +/- 0.02
+          (bench/parity/NOTES.md: one-step parity with identical weights to ~1e-9 in gradients).
   Measured here, cpu variant with --config.data.path=../shared/data/tinyshakespeare.txt:
-          val loss 1.9064 at step 2,000 (seed 0; NOT within 1.89). Seeds 1 and 2: 1.9172 and
-          1.8959 (mean of 3: 1.907, std 0.011). nanoGPT's number is one run scored by its
-          eval_iters=20 estimate (20 random batches of 12 windows), whose standard deviation is
-          0.014 on our seed-0 checkpoint (mean 1.906 over 100 such estimates); we found no
-          difference from nanoGPT's recipe that accounts for the remaining ~0.02.
-          Evaluation curve (seed 0), every 250 steps: 2.452 2.305 2.176 2.094 2.003 1.963 1.931
-          1.906.
+          val loss 1.9064 at step 2,000 (seed 0); seeds 1 and 2: 1.9172 and 1.8959 (mean of 3:
+          1.9065, std 0.011) -- the reference's mean to 0.0005. A 20-batch estimate on our seed-0
+          checkpoint has std 0.016 (minimum 1.8675 over 50 repeats), so nanoGPT's single 1.88 is
+          within its noise. Evaluation curve (seed 0), every 250 steps: 2.452 2.305 2.176 2.094
+          2.003 1.963 1.931 1.906.
 Runtime:
   recipe: about 3 minutes on one A100 (nanoGPT README); not measured here.
   cpu:    236 s wall on a 2-core x86-64 CPU (2026) with few other jobs running (about 10 training
@@ -126,9 +128,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.train.batch_size = 12
         c.train.eval_batch_size = 256
         c.train.log_every_steps = 50
-        c.expected.value = 1.88
-        c.expected.tolerance = 0.01
-        c.expected.source = "nanoGPT README, CPU recipe ('we get a loss of 1.88')"
+        c.expected.value = 1.907
+        c.expected.tolerance = 0.02
+        c.expected.comparison = "within"
+        c.expected.source = (
+            "shared/bench/torch_gpt.py on this machine, full-split eval, 3 seeds: 1.907 +/- 0.009 "
+            "(nanoGPT README: 1.88, one run, 20-batch estimate); bench/parity/NOTES.md"
+        )
 
     if variant.smoke:
         context = 16

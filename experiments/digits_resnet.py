@@ -7,7 +7,8 @@ The He et al. CIFAR recipe scaled down to 1,437 training images: SGD with moment
 decay 5e-4 (He et al. use 1e-4; this set is tiny), lr 0.1 divided by 10 at 50% and 75% of training,
 random 1-pixel shifts. The 8x8 input goes 8 -> 4 -> 2 through the three stages.
 Expected: test accuracy >= 98% (this project's target; SVC(gamma=0.001) scores 98.89% on this
-split). Runtime: RUNTIME_PLACEHOLDER
+split). Measured here: 99.72% test accuracy (seed 0). Runtime: 359 s for 1,200 steps on a
+2-core x86-64 CPU that other jobs were loading heavily (3-9 steps/s).
 """
 
 import ml_collections

@@ -1,8 +1,10 @@
 """Export a run's checkpointed params to npz (keys "init/<flax path>") for parity_eval_torch.py.
 
-    .venv/bin/python bench/parity/export_ckpt.py /tmp/runs/shakespeare_cpu/checkpoints/2000 OUT.npz
+.venv/bin/python bench/parity/export_ckpt.py /tmp/runs/shakespeare_cpu/checkpoints/2000 OUT.npz
 """
+
 import sys
+
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util

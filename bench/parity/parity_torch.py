@@ -69,8 +69,11 @@ def nanogpt_lr(it, lr=1e-3, min_lr=1e-4, warmup=100, iters=2000):
 
 
 # ---- name mapping: torch name -> (flax path, transpose) ----
-MAP = {"tok.weight": ("wte/embedding", False), "pos.weight": ("wpe/embedding", False),
-       "ln_f.weight": ("ln_f/scale", False)}
+MAP = {
+    "tok.weight": ("wte/embedding", False),
+    "pos.weight": ("wpe/embedding", False),
+    "ln_f.weight": ("ln_f/scale", False),
+}
 for i in range(L):
     MAP |= {
         f"blocks.{i}.ln1.weight": (f"h_{i}/ln_1/scale", False),
@@ -98,8 +101,11 @@ def make_opt(model):
     params = [w for w in model.parameters() if w.requires_grad]
     decay = [w for w in params if w.dim() >= 2]
     no_decay = [w for w in params if w.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=1e-3, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=1e-3,
+        betas=(0.9, 0.99),
+    )
     return params, opt
 
 
@@ -128,8 +134,10 @@ for b in range(inp.shape[0]):
         found += pos >= 0
         starts.append(pos)
         assert (inp[b, r, 1:] == tgt[b, r, :-1]).all()
-print(f"data: {found}/{inp.shape[0] * inp.shape[1]} of our training windows (decoded with torch_gpt's "
-      f"vocabulary) are substrings of torch_gpt's train split; targets are inputs shifted by 1")
+print(
+    f"data: {found}/{inp.shape[0] * inp.shape[1]} of our training windows (decoded with torch_gpt's "
+    f"vocabulary) are substrings of torch_gpt's train split; targets are inputs shifted by 1"
+)
 
 model = GPT()
 params, opt = make_opt(model)
@@ -144,30 +152,39 @@ for s in (0, 1, 100):
     y = torch.from_numpy(tgt[s].astype(np.int64))
     logits = model.logits(x)
     loss = F.cross_entropy(logits.view(-1, V), y.view(-1))
-    print(f"  loss torch {loss.item():.7f} jax {float(d[f's{s}/loss']):.7f}; logits max|diff| "
-          f"{rel(logits.detach().numpy(), d[f's{s}/logits'])[0]:.3e}")
+    print(
+        f"  loss torch {loss.item():.7f} jax {float(d[f's{s}/loss']):.7f}; logits max|diff| "
+        f"{rel(logits.detach().numpy(), d[f's{s}/logits'])[0]:.3e}"
+    )
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    rows = [(n, *rel(w.grad.T if MAP[n][1] else w.grad, d[f"s{s}/grads/{MAP[n][0]}"]))
-            for n, w in model.named_parameters()]
+    rows = [
+        (n, *rel(w.grad.T if MAP[n][1] else w.grad, d[f"s{s}/grads/{MAP[n][0]}"]))
+        for n, w in model.named_parameters()
+    ]
     report("raw grads", rows)
     gn = torch.nn.utils.clip_grad_norm_(params, 1.0)
     print(f"  grad norm torch {gn.item():.6f} jax {float(d[f's{s}/grad_norm']):.6f}")
-    rows = [(n, *rel(w.grad.T if MAP[n][1] else w.grad, d[f"s{s}/clipped/{MAP[n][0]}"]))
-            for n, w in model.named_parameters()]
+    rows = [
+        (n, *rel(w.grad.T if MAP[n][1] else w.grad, d[f"s{s}/clipped/{MAP[n][0]}"]))
+        for n, w in model.named_parameters()
+    ]
     report("clipped grads", rows)
     # Adam state as ours before this update; lr = ours, to isolate the update rule.
     for w in params:
         n = next(k for k, v in model.named_parameters() if v is w)
-        opt.state[w] = {"step": torch.tensor(float(s)),
-                        "exp_avg": get(f"s{s}/mu", n), "exp_avg_sq": get(f"s{s}/nu", n)}
+        opt.state[w] = {
+            "step": torch.tensor(float(s)),
+            "exp_avg": get(f"s{s}/mu", n),
+            "exp_avg_sq": get(f"s{s}/nu", n),
+        }
     for g in opt.param_groups:
         g["lr"] = float(d[f"s{s}/lr"])
     before = {n: w.detach().clone() for n, w in model.named_parameters()}
     opt.step()
     rows = []
     for n, w in model.named_parameters():
-        upd = (w.detach() - before[n])
+        upd = w.detach() - before[n]
         rows.append((n, *rel(upd.T if MAP[n][1] else upd, d[f"s{s}/updates/{MAP[n][0]}"])))
     report("AdamW update (same lr)", rows)
     opt.state.clear()
@@ -181,12 +198,18 @@ for sched in ("ours", "nanoGPT"):
     for s in range(n_steps):
         for g in opt.param_groups:
             g["lr"] = float(d["lr_all"][s]) if sched == "ours" else nanogpt_lr(s)
-        loss = model(torch.from_numpy(inp[s].astype(np.int64)), torch.from_numpy(tgt[s].astype(np.int64)))
+        loss = model(
+            torch.from_numpy(inp[s].astype(np.int64)), torch.from_numpy(tgt[s].astype(np.int64))
+        )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-    rows = [(n, *rel(w.detach().T if MAP[n][1] else w.detach(), d[f"final/{MAP[n][0]}"]))
-            for n, w in model.named_parameters()]
-    print(f"after {n_steps} steps, torch with {sched} lr schedule vs jax: last loss {loss.item():.5f}")
+    rows = [
+        (n, *rel(w.detach().T if MAP[n][1] else w.detach(), d[f"final/{MAP[n][0]}"]))
+        for n, w in model.named_parameters()
+    ]
+    print(
+        f"after {n_steps} steps, torch with {sched} lr schedule vs jax: last loss {loss.item():.5f}"
+    )
     report("params", rows)

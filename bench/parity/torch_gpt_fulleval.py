@@ -11,7 +11,13 @@ line at the end: median step time (ms), tokens/s and the final losses.
   pip install torch==2.13.0 numpy
   python torch_gpt.py --text ../shared/data/tinyshakespeare.txt --iters 2000
 """
-import argparse, json, math, statistics, time
+
+import argparse
+import json
+import math
+import statistics
+import time
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -51,8 +57,8 @@ V, T, D, H = len(chars), a.block_size, a.n_embd, a.n_head
 def batch(split):
     d = splits[split]
     ix = torch.randint(len(d) - T, (a.batch_size,)).numpy()
-    x = torch.from_numpy(np.stack([d[i:i + T] for i in ix]))
-    y = torch.from_numpy(np.stack([d[i + 1:i + 1 + T] for i in ix]))
+    x = torch.from_numpy(np.stack([d[i : i + T] for i in ix]))
+    y = torch.from_numpy(np.stack([d[i + 1 : i + 1 + T] for i in ix]))
     return x, y
 
 
@@ -86,7 +92,11 @@ class GPT(nn.Module):
         self.head.weight = self.tok.weight
         for name, w in self.named_parameters():
             if w.dim() == 2:
-                std = 0.02 / math.sqrt(2 * a.n_layer) if name.endswith(("proj.weight", "out.weight")) else 0.02
+                std = (
+                    0.02 / math.sqrt(2 * a.n_layer)
+                    if name.endswith(("proj.weight", "out.weight"))
+                    else 0.02
+                )
                 nn.init.normal_(w, 0.0, std)
 
     def forward(self, x, y):
@@ -101,8 +111,11 @@ model = GPT()
 params = [w for w in model.parameters() if w.requires_grad]
 decay = [w for w in params if w.dim() >= 2]
 no_decay = [w for w in params if w.dim() < 2]
-opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                        lr=a.lr, betas=(0.9, 0.99))
+opt = torch.optim.AdamW(
+    [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+    lr=a.lr,
+    betas=(0.9, 0.99),
+)
 
 
 def lr_at(it):
@@ -135,6 +148,8 @@ for it in range(a.iters):
     step_ms.append((time.perf_counter() - t0) * 1e3)
 wall = time.time() - start
 final = evaluate(a.final_eval_iters)
+
+
 # Added for parity: score every non-overlapping window of val once (as research/data/text.py).
 @torch.no_grad()
 def evaluate_full(split="val"):
@@ -145,15 +160,28 @@ def evaluate_full(split="val"):
     y = torch.from_numpy(d[1 : n * T + 1].reshape(n, T))
     tot = 0.0
     for i in range(0, n, 256):
-        tot += model(x[i:i + 256], y[i:i + 256]).item() * len(x[i:i + 256])
+        tot += model(x[i : i + 256], y[i : i + 256]).item() * len(x[i : i + 256])
     model.train()
     return tot / n
+
+
 final["val_full"] = evaluate_full("val")
 if a.save:
     torch.save(model.state_dict(), a.save)
 med = statistics.median(step_ms[10:])
-print(json.dumps({"impl": "torch-reference", "torch": torch.__version__, "threads": torch.get_num_threads(),
-                  "iters": a.iters, "median_step_ms": round(med, 3),
-                  "tokens_per_s": round(a.batch_size * T / med * 1e3, 1),
-                  "train_wall_s": round(wall, 1), "train_loss": round(final["train"], 4),
-                  "val_loss": round(final["val"], 4), "val_full": round(final["val_full"], 4)}))
+print(
+    json.dumps(
+        {
+            "impl": "torch-reference",
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "iters": a.iters,
+            "median_step_ms": round(med, 3),
+            "tokens_per_s": round(a.batch_size * T / med * 1e3, 1),
+            "train_wall_s": round(wall, 1),
+            "train_loss": round(final["train"], 4),
+            "val_loss": round(final["val"], 4),
+            "val_full": round(final["val_full"], 4),
+        }
+    )
+)

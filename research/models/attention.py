@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research.models import precision
+
 Initializer = Callable[..., jax.Array]
 
 # Masked scores are replaced (jnp.where, not added) by float32's lowest value, so
@@ -67,6 +69,7 @@ class MultiHeadAttention(nn.Module):
     rotary: bool = False  # rotate q and k by position (RoFormer) before the dot product
     rotary_base: float = 10000.0
     dtype: Any = jnp.float32
+    matmul_dtype: Any = None  # projection operands (float32 accumulation); None = dtype
     kernel_init: Initializer = nn.initializers.normal(0.02)  # GPT-2
     out_kernel_init: Initializer = nn.initializers.normal(0.02)  # GPT sets 0.02/sqrt(2L)
 
@@ -89,12 +92,14 @@ class MultiHeadAttention(nn.Module):
         head_dim = features // self.num_heads
         assert head_dim * self.num_heads == features, (features, self.num_heads)
         heads = (self.num_heads, head_dim)
+        matmul = precision.dense_dot_general(self.matmul_dtype) if self.matmul_dtype else None
         dense = partial(
             nn.Dense,
             use_bias=self.use_bias,
             kernel_init=self.kernel_init,
             dtype=self.dtype,
             param_dtype=jnp.float32,
+            dot_general=matmul,
         )
         # Projections are plain 2-D matmuls on [B * T, D]: XLA:CPU runs their gradients
         # markedly faster than those of the equivalent [B, T, D] dot_generals.

@@ -19,8 +19,15 @@ import jax.numpy as jnp
 
 from research.models import layers
 
-# Compute dtypes a config may name; parameters stay float32 either way.
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Precisions a config may name, as (activation dtype, matmul operand dtype or None = the same);
+# parameters stay float32 either way. "bfloat16_matmul" rounds only the attention and MLP matmul
+# operands to bfloat16, accumulating in float32 (research/models/precision.py): on CPU it is the
+# fast one, as XLA:CPU's bfloat16 elementwise work is slower than float32 (bench/NOTES.md).
+DTYPES = {
+    "float32": (jnp.float32, None),
+    "bfloat16": (jnp.bfloat16, None),
+    "bfloat16_matmul": (jnp.float32, jnp.bfloat16),
+}
 
 
 class GPT(nn.Module):
@@ -38,7 +45,7 @@ class GPT(nn.Module):
     norm_position: str = "pre"  # layers.RESIDUALS
     pos_emb: str = "learned"  # layers.POSITIONAL
     activation: str = "gelu"  # layers.ACTIVATIONS
-    dtype: str = "float32"  # compute dtype, one of DTYPES
+    dtype: str = "float32"  # compute precision, one of DTYPES
     tie_embeddings: bool = True  # logits = h @ wte.T (Press & Wolf 2017; GPT-2)
 
     def __post_init__(self) -> None:
@@ -62,7 +69,7 @@ class GPT(nn.Module):
         calling `init` with decode=True on [B, max_len] tokens (see sampling.init_cache).
         """
         length = tokens.shape[1]
-        dtype = DTYPES[self.dtype]
+        dtype, matmul_dtype = DTYPES[self.dtype]
         normal = nn.initializers.normal
         # GPT-2 Section 2.3: scale residual-path weights by 1/sqrt(N), N = 2 residual adds/layer.
         out_init = normal(0.02 / math.sqrt(2 * self.num_layers))
@@ -105,6 +112,7 @@ class GPT(nn.Module):
                 rotary=rotary,
                 use_bias=self.use_bias,
                 dtype=dtype,
+                matmul_dtype=matmul_dtype,
                 kernel_init=normal(0.02),
                 out_kernel_init=out_init,
                 name=f"h_{i}",

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research.models import precision
 from research.models.attention import Initializer, MultiHeadAttention
 
 
@@ -38,12 +39,22 @@ NORMS: dict[str, Callable[..., nn.Module]] = {
 
 # --- MLP ------------------------------------------------------------------------------------
 
+
 # name -> (nonlinearity, gated). A gated unit computes act(x W) * (x V) (Shazeer 2020, "GLU
 # Variants Improve Transformer"); it has three matrices, so a parameter-matched swiglu
 # ablation of a 4x gelu MLP uses mlp_ratio = 8/3 (as LLaMA).
+def gelu_exact(x: jax.Array) -> jax.Array:
+    """x * Phi(x) = x/2 * (1 + erf(x / sqrt 2)) (Hendrycks & Gimpel 2016), as torch's nn.GELU().
+
+    jax.nn.gelu(approximate=False) computes the same function through erfc, which XLA:CPU
+    evaluates about 2.6x slower than erf (forward; bench/NOTES.md).
+    """
+    return 0.5 * x * (1 + jax.lax.erf(x * np.sqrt(0.5).astype(x.dtype)))
+
+
 ACTIVATIONS: dict[str, tuple[Callable[[jax.Array], jax.Array], bool]] = {
     "gelu": (partial(nn.gelu, approximate=True), False),  # tanh approximation, as GPT-2
-    "gelu_exact": (partial(nn.gelu, approximate=False), False),  # erf form, as BERT and ViT
+    "gelu_exact": (gelu_exact, False),  # erf form, as BERT and ViT
     "relu": (nn.relu, False),  # Vaswani et al. 2017
     "swiglu": (nn.silu, True),
 }
@@ -56,6 +67,7 @@ class MLP(nn.Module):
     activation: str = "gelu"
     use_bias: bool = True
     dtype: Any = jnp.float32
+    matmul_dtype: Any = None  # operands of both matmuls (float32 accumulation); None = dtype
     kernel_init: Initializer = nn.initializers.normal(0.02)  # GPT-2
     out_kernel_init: Initializer = nn.initializers.normal(0.02)  # GPT sets 0.02/sqrt(2L)
 
@@ -64,6 +76,8 @@ class MLP(nn.Module):
         """[..., D] -> [..., D]."""
         act, gated = lookup(ACTIVATIONS, self.activation, "activation")
         dense = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=jnp.float32)
+        if self.matmul_dtype:
+            dense["dot_general"] = precision.dense_dot_general(self.matmul_dtype)
         # Plain 2-D matmuls: on XLA:CPU a [B, T, D] dot's weight gradient goes through a slow
         # transposing copy; flattening made this block's forward+backward ~1.7x faster.
         h = x.reshape(-1, x.shape[-1])
@@ -167,6 +181,7 @@ class TransformerBlock(nn.Module):
     rotary: bool = False
     use_bias: bool = True
     dtype: Any = jnp.float32
+    matmul_dtype: Any = None  # operands of the attention and MLP matmuls; None = dtype
     kernel_init: Initializer = nn.initializers.normal(0.02)  # GPT-2
     out_kernel_init: Initializer = nn.initializers.normal(0.02)  # GPT sets 0.02/sqrt(2L)
 
@@ -192,6 +207,7 @@ class TransformerBlock(nn.Module):
             dropout_rate=self.attention_dropout_rate,
             use_bias=self.use_bias,
             dtype=self.dtype,
+            matmul_dtype=self.matmul_dtype,
             kernel_init=self.kernel_init,
             out_kernel_init=self.out_kernel_init,
         )
@@ -216,6 +232,7 @@ class TransformerBlock(nn.Module):
             activation=self.activation,
             use_bias=self.use_bias,
             dtype=self.dtype,
+            matmul_dtype=self.matmul_dtype,
             kernel_init=self.kernel_init,
             out_kernel_init=self.out_kernel_init,
             name="mlp",

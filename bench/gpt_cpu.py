@@ -1,0 +1,397 @@
+"""Speed of the `cpu` GPT recipe (nanoGPT shakespeare_char on CPU) against the PyTorch reference.
+
+    python bench/gpt_cpu.py --text=../shared/data/tinyshakespeare.txt \\
+        --torch_python=/tmp/torch-ref/bin/python
+    # Compare settings side by side (each variant is its own process: XLA_FLAGS are per process):
+    python bench/gpt_cpu.py --text=... --variant="bf16=--config.model.dtype=bfloat16" \\
+        --variant="noynn=--xla_cpu_experimental_ynn_fusion_type=-individual_dot"
+
+What is timed is the project's own training step: each variant runs the real trainer
+(`research.train.run` on experiments/shakespeare_char_gpt.py:cpu plus the variant's overrides) for
+`--trainer_steps` steps and reads steps/s from its metrics.jsonl (input pipeline, host stacking
+and logging included). The compiled step the trainer built is kept (`parallel.compile_step` is
+wrapped to capture it) and then timed alone on pre-built batches of real data, in rounds that
+alternate with the PyTorch reference (../shared/bench/torch_gpt.py) and with a matmul peak
+measurement: the machines are shared, so only numbers measured side by side are compared.
+
+Reported per variant: ms/step, steps/s, tokens/s, the first call's time (trace + compile + one
+call), the input pipeline's host time per step as a share of the step, MFU, and the ratio
+torch ms / our ms (> 1: we are faster). MFU counts nanoGPT's `estimate_mfu` FLOPs, 6N + 12 L D T
+per token (N: parameters without the position table), against the best dense matmul FLOP/s
+measured in the same round, in float32 and (for a bfloat16 model) in bfloat16.
+
+A variant is NAME=ARGS, ARGS space-separated: `--config.a.b=v` overrides, `--xla_...` XLA flags
+(set as XLA_FLAGS of that variant's process), `--repo=DIR` another checkout of this project.
+It prints a table and, last, one JSON line. bench/NOTES.md records what was tried.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+EXPERIMENT = "experiments/shakespeare_char_gpt.py:cpu"
+TORCH_SCRIPT = REPO.parent / "shared" / "bench" / "torch_gpt.py"
+# The recommended settings (bench/NOTES.md): measured against the recipe as written.
+DTYPES = ("float32", "bfloat16")  # Matmul peaks measured for MFU.
+DEFAULT_VARIANTS = (
+    "recipe=",
+    "fast=--config.train.steps_per_call=10 --config.model.dtype=bfloat16_matmul",
+)
+
+
+# -------------------------------------------------------------------------------------------------
+# Worker: one process per variant. Runs the trainer, keeps its compiled step, then answers
+# timing requests (JSON lines on stdin/stdout) so the coordinator can interleave measurements.
+# -------------------------------------------------------------------------------------------------
+
+
+def worker(spec: dict) -> None:
+    """Run one variant; spec = {"overrides": {...}, "trainer_steps": int, "text": path}."""
+    import absl.logging
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from research import config as config_lib
+    from research import data, models, parallel, train
+
+    absl.logging.set_verbosity(absl.logging.ERROR)  # TFDS's "custom data configuration" notes.
+    # Replies go to the original stdout; the trainer's own prints go to /dev/null.
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    reply = lambda **kw: print(json.dumps(kw), file=replies, flush=True)
+    overrides = {
+        "data.path": spec["text"],
+        "train.steps": spec["trainer_steps"],
+        "train.log_every_steps": 50,
+        "train.eval_every_steps": spec["trainer_steps"],
+        "train.checkpoint_every_steps": spec["trainer_steps"],
+        **spec["overrides"],
+    }
+    # model.* fields the experiment leaves at the module's default (e.g. dtype) are added here:
+    # they are GPT's constructor arguments.
+    model_fields = {k: v for k, v in overrides.items() if k.startswith("model.")}
+    config = config_lib.build_config(
+        EXPERIMENT, {k: v for k, v in overrides.items() if k not in model_fields}
+    )
+    with config.unlocked():
+        for key, value in model_fields.items():
+            config.model[key.partition(".")[2]] = value
+    tc = config.train
+    steps_per_call = tc.steps_per_call
+
+    # The trainer's compiled step, its first call's duration and the state after its last call.
+    captured = {}
+    compile_step = parallel.compile_step
+
+    def capturing_compile_step(*args, **kwargs):
+        step_fn = compile_step(*args, **kwargs)
+
+        def step(state, batch):
+            start = time.perf_counter()
+            out = jax.block_until_ready(step_fn(state, batch))
+            captured.setdefault("first_call_s", time.perf_counter() - start)
+            captured["state"] = out[0]
+            return out
+
+        captured["step_fn"] = step_fn
+        return step
+
+    parallel.compile_step = capturing_compile_step
+    with tempfile.TemporaryDirectory() as workdir:
+        train.run(config, workdir)
+        lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    parallel.compile_step = compile_step
+    windows = [r["steps_per_s"] for r in records if r["split"] == "train"]
+    trainer_steps_per_s = statistics.median(windows[1:])  # The first window holds the compile.
+    val_loss = [r["loss"] for r in records if r["split"] == "eval"][-1]
+
+    # Batches of real data, built (and placed) before timing: the step alone.
+    mesh = parallel.make_mesh(config.parallel)
+    iterator_args = dict(
+        global_batch_size=tc.batch_size, seed=tc.seed + 1, process_index=0, process_count=1
+    )
+    train_iter = data.train_iterator(config.data, **iterator_args)
+    stacked = steps_per_call > 1
+
+    def host_batch():
+        if not stacked:
+            return next(train_iter)
+        return jax.tree.map(
+            lambda *xs: np.stack(xs), *[next(train_iter) for _ in range(steps_per_call)]
+        )
+
+    batches = [parallel.global_batch(host_batch(), mesh, stacked) for _ in range(8)]
+    # Input pipeline: host CPU time (all threads) and wall time per step to make batches.
+    next(data.train_iterator(config.data, **iterator_args))  # Warm: tokens cached, threads up.
+    train_iter = data.train_iterator(config.data, **iterator_args)
+    calls = max(1, 200 // steps_per_call)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for _ in range(calls):
+        jax.block_until_ready(parallel.global_batch(host_batch(), mesh, stacked))
+    input_cpu_ms = (time.process_time() - cpu0) / (calls * steps_per_call) * 1e3
+    input_wall_ms = (time.perf_counter() - wall0) / (calls * steps_per_call) * 1e3
+
+    model = models.build(config.model)
+    tokens = jnp.zeros((1, config.data.seq_len), jnp.int32)
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens, train=False))["params"]
+    num_params = sum(x.size for x in jax.tree.leaves(params))
+    position_params = sum(x.size for x in jax.tree.leaves(params.get("wpe", {})))
+    reply(
+        ready=True,
+        steps_per_call=steps_per_call,
+        dtype=config.model.get("dtype", "float32"),
+        num_params=int(num_params),
+        tokens_per_step=tc.batch_size * config.data.seq_len,
+        # nanoGPT estimate_mfu's attention term per token: 12 * layers * width * context.
+        attention_flops_per_token=12
+        * config.model.num_layers
+        * config.model.embed_dim
+        * config.data.seq_len,
+        non_position_params=int(num_params - position_params),
+        first_call_s=captured["first_call_s"],
+        trainer_steps_per_s=trainer_steps_per_s,
+        trainer_val_loss=val_loss,
+        input_cpu_ms=input_cpu_ms,
+        input_wall_ms=input_wall_ms,
+        xla_flags=os.environ.get("XLA_FLAGS", ""),
+    )
+
+    step_fn, state = captured["step_fn"], captured["state"]
+    matmul = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request["cmd"] == "time":
+            calls = max(1, request["steps"] // steps_per_call)
+            state, metrics = step_fn(state, batches[0])  # Settle after idling.
+            jax.block_until_ready(metrics)
+            start = time.perf_counter()
+            for i in range(calls):
+                state, metrics = step_fn(state, batches[i % len(batches)])
+            jax.block_until_ready(metrics)
+            reply(ms=(time.perf_counter() - start) / (calls * steps_per_call) * 1e3)
+        elif request["cmd"] == "peak":
+            # Best of a few: the dense-matmul FLOP/s this machine gives XLA right now.
+            n = request["size"]
+            peaks = {dtype: _matmul_gflops(matmul, jnp.ones((n, n), dtype)) for dtype in DTYPES}
+            reply(gflops=peaks)
+
+
+def _matmul_gflops(matmul, a) -> float:
+    """GFLOP/s of the fastest of five a @ a (after a warm-up call)."""
+    import jax
+
+    jax.block_until_ready(matmul(a, a))
+    seconds = []
+    for _ in range(5):
+        start = time.perf_counter()
+        jax.block_until_ready(matmul(a, a))
+        seconds.append(time.perf_counter() - start)
+    return 2 * a.shape[0] ** 3 / min(seconds) / 1e9
+
+
+# -------------------------------------------------------------------------------------------------
+# Coordinator.
+# -------------------------------------------------------------------------------------------------
+
+
+class Variant:
+    """A worker process for one named setting."""
+
+    def __init__(self, text: str, args: argparse.Namespace):
+        self.name, _, rest = text.partition("=")
+        overrides, xla_flags, repo = {}, [], REPO
+        for arg in rest.split():
+            if arg.startswith("--config."):
+                key, _, value = arg[len("--config.") :].partition("=")
+                overrides[key] = value
+            elif arg.startswith("--xla_"):
+                xla_flags.append(arg)
+            elif arg.startswith("--repo="):
+                repo = Path(arg.partition("=")[2]).resolve()
+            else:
+                sys.exit(f"error: variant {self.name!r}: unknown argument {arg!r}")
+        self.spec = dict(
+            overrides=overrides,
+            trainer_steps=args.trainer_steps,
+            text=str(Path(args.text).resolve()),
+        )
+        env = dict(os.environ, XLA_FLAGS=" ".join(xla_flags), PYTHONPATH=str(repo))
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--text", args.text, "--worker", json.dumps(self.spec)],
+            cwd=repo,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.info = None
+        self.ms, self.peaks = [], []
+
+    def receive(self) -> dict:
+        line = self.process.stdout.readline()
+        if not line:
+            sys.exit(f"error: variant {self.name!r} stopped (exit {self.process.wait()})")
+        return json.loads(line)
+
+    def ask(self, **request) -> dict:
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        return self.receive()
+
+
+def torch_reference(args: argparse.Namespace, iters: int) -> float:
+    """Median ms/step of the PyTorch reference over `iters` steps (its first 10 not counted)."""
+    out = subprocess.run(
+        [args.torch_python, str(TORCH_SCRIPT), "--text", args.text, "--iters", str(iters)]
+        + ["--eval_interval", str(10**9), "--final_eval_iters", "1"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])["median_step_ms"]
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--text", required=True, help="tinyshakespeare.txt")
+    parser.add_argument("--torch_python", default="", help="python with torch; '' = no reference")
+    parser.add_argument("--variant", action="append", help="NAME=ARGS (repeatable)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=100, help="steps timed per variant per round")
+    parser.add_argument("--torch_iters", type=int, default=60, help="per round (first 10 dropped)")
+    parser.add_argument("--trainer_steps", type=int, default=300)
+    parser.add_argument("--peak_size", type=int, default=1024)
+    parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(json.loads(args.worker))
+
+    loads = [load_average()]
+    torch_ms = []
+    if args.torch_python:
+        torch_ms.append(torch_reference(args, args.torch_iters))
+    # Workers start one at a time: each runs the trainer (compile, steps/s) on a quiet-ish machine.
+    variants = []
+    for text in args.variant or DEFAULT_VARIANTS:
+        variant = Variant(text, args)
+        variant.info = variant.receive()
+        variants.append(variant)
+        print(
+            f"{variant.name}: trainer {variant.info['trainer_steps_per_s']:.1f} steps/s, "
+            f"first call {variant.info['first_call_s']:.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+    for round_index in range(args.rounds):
+        loads.append(load_average())
+        if args.torch_python:
+            torch_ms.append(torch_reference(args, args.torch_iters))
+        for variant in variants:
+            variant.ms.append(variant.ask(cmd="time", steps=args.steps)["ms"])
+            variant.peaks.append(variant.ask(cmd="peak", size=args.peak_size)["gflops"])
+        line = "  ".join(f"{v.name} {v.ms[-1]:.1f}" for v in variants)
+        ref = f"torch {torch_ms[-1]:.1f}  " if torch_ms else ""
+        print(
+            f"round {round_index + 1}: {ref}{line} ms/step  load {loads[-1]:.1f}",
+            file=sys.stderr,
+            flush=True,
+        )
+    for variant in variants:
+        variant.process.stdin.close()  # The worker's request loop ends.
+        variant.process.wait()
+    loads.append(load_average())
+    report(args, variants, torch_ms, loads)
+
+
+def report(args, variants, torch_ms, loads) -> None:
+    torch_median = statistics.median(torch_ms) if torch_ms else None
+    rows, results = [], {}
+    for v in variants:
+        info = v.info
+        ms = statistics.median(v.ms)
+        tokens_per_step = info["tokens_per_step"]
+        # nanoGPT estimate_mfu: 6N + 12 * layers * width * context FLOPs per token.
+        flops_per_token = 6 * info["non_position_params"] + info["attention_flops_per_token"]
+        achieved = flops_per_token * tokens_per_step / (ms / 1e3) / 1e9
+        peak32 = statistics.median(p["float32"] for p in v.peaks)
+        peak16 = statistics.median(p["bfloat16"] for p in v.peaks)
+        trainer_ms = 1e3 / info["trainer_steps_per_s"]
+        result = {
+            "ms_per_step": round(ms, 2),
+            "ms_per_step_rounds": [round(x, 2) for x in v.ms],
+            "steps_per_s": round(1e3 / ms, 2),
+            "tokens_per_s": round(tokens_per_step * 1e3 / ms),
+            "trainer_ms_per_step": round(trainer_ms, 2),
+            "first_call_s": round(info["first_call_s"], 2),
+            "input_cpu_ms_per_step": round(info["input_cpu_ms"], 3),
+            "input_share": round(info["input_cpu_ms"] / ms, 4),
+            "gflops": round(achieved, 1),
+            "peak_gflops_f32": round(peak32, 1),
+            "peak_gflops_bf16": round(peak16, 1),
+            "mfu_f32_peak": round(achieved / peak32, 4),
+            "mfu_bf16_peak": round(achieved / peak16, 4),
+            "steps_per_call": info["steps_per_call"],
+            "dtype": info["dtype"],
+            "xla_flags": info["xla_flags"],
+            "trainer_val_loss_at_end": round(info["trainer_val_loss"], 4),
+        }
+        if torch_median:
+            result["speedup_vs_torch"] = round(torch_median / ms, 3)
+            result["trainer_speedup_vs_torch"] = round(torch_median / trainer_ms, 3)
+        results[v.name] = result
+        rows.append((v.name, result))
+
+    header = (
+        f"{'variant':12s} {'ms/step':>8s} {'steps/s':>8s} {'tok/s':>7s} {'trainer':>8s} "
+        f"{'1st call':>8s} {'input':>6s} {'GFLOP/s':>8s} {'MFU f32':>8s} {'vs torch':>8s} {'trainer':>8s}"
+    )
+    print(header)
+    print(
+        f"{'':12s} {'':>8s} {'':>8s} {'':>7s} {'ms/step':>8s} {'s':>8s} {'share':>6s} "
+        f"{'':>8s} {'peak':>8s} {'(step)':>8s} {'vs torch':>8s}"
+    )
+    if torch_median:
+        tokens = rows[0][1]["tokens_per_s"] * rows[0][1]["ms_per_step"] / torch_median
+        print(f"{'torch':12s} {torch_median:8.2f} {1e3 / torch_median:8.2f} {tokens:7.0f}")
+    for name, r in rows:
+        vs = f"{r.get('speedup_vs_torch', 0):7.2f}x" if torch_median else ""
+        tvs = f"{r.get('trainer_speedup_vs_torch', 0):7.2f}x" if torch_median else ""
+        print(
+            f"{name:12s} {r['ms_per_step']:8.2f} {r['steps_per_s']:8.2f} {r['tokens_per_s']:7d} "
+            f"{r['trainer_ms_per_step']:8.2f} {r['first_call_s']:8.1f} {r['input_share']:6.1%} "
+            f"{r['gflops']:8.1f} {r['mfu_f32_peak']:8.1%} {vs:>8s} {tvs:>8s}"
+        )
+    print(
+        f"median of {args.rounds} interleaved rounds; load average "
+        f"{min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} CPUs; "
+        f"peak f32 {statistics.median(r['peak_gflops_f32'] for _, r in rows):.0f} GFLOP/s"
+    )
+    summary = {
+        "benchmark": "gpt_cpu",
+        "experiment": EXPERIMENT,
+        "torch_ms_per_step": torch_median,
+        "torch_ms_rounds": torch_ms,
+        "load_average": [round(x, 2) for x in loads],
+        "cpus": os.cpu_count(),
+        "variants": results,
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

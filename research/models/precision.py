@@ -1,0 +1,69 @@
+"""Matmuls with low-precision operands and float32 accumulation, forward and backward.
+
+`dense_dot_general(jnp.bfloat16)` is a drop-in `dot_general` for `nn.Dense`: activations and
+kernels stay float32 (so do norms, softmax, residuals and the optimizer); only the matmul
+operands are rounded to bfloat16, and every product is accumulated in float32. The same holds
+for the two backward matmuls (the input and the kernel gradients), through a custom VJP: plain
+autodiff would pair the float32 output gradient with a bfloat16 operand, a float32 matmul.
+This is the mixed precision of `torch.autocast` for linear layers, without bfloat16 activations.
+
+Why: on CPUs with AVX-512 BF16 (and on accelerators) bfloat16 matmuls run at about twice the
+float32 rate, while bfloat16 elementwise work, which XLA:CPU computes by converting to float32
+and back, is slower than float32 (bench/NOTES.md).
+"""
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+def dense_dot_general(dtype: Any):
+    """A `dot_general` for nn.Dense (x [..., K] @ kernel [K, N]) with `dtype` operands."""
+
+    def dot_general(lhs, rhs, dimension_numbers, precision=None, **kwargs):
+        del precision, kwargs  # The operand dtype is the precision.
+        (lhs_contracting, rhs_contracting), batch = dimension_numbers
+        assert (
+            lhs_contracting == (lhs.ndim - 1,)
+            and rhs_contracting == (0,)
+            and batch
+            == (
+                (),
+                (),
+            )
+        ), f"dense_dot_general is for x[..., K] @ kernel[K, N], got {dimension_numbers}"
+        return _matmul(lhs, rhs, dtype)
+
+    return dot_general
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _matmul(x: jax.Array, kernel: jax.Array, dtype: Any) -> jax.Array:
+    return _matmul_forward(x, kernel, dtype)[0]
+
+
+def _matmul_forward(x, kernel, dtype):
+    assert x.dtype == kernel.dtype, (x.dtype, kernel.dtype)  # nn.Dense promotes both to its dtype
+    x2 = x.reshape(-1, x.shape[-1]).astype(dtype)
+    kernel_low = kernel.astype(dtype)
+    y = jnp.dot(x2, kernel_low, preferred_element_type=jnp.float32).astype(x.dtype)
+    # The kernel gradient is x^T @ dy. XLA folds a transpose into the dot as a contraction over
+    # x's first dimension, which XLA:CPU's fast (YNNPACK) matmuls do not take, and its fallback
+    # (Eigen) converts bfloat16 back to float32: the barrier keeps x^T a row-major array.
+    x_t = jax.lax.optimization_barrier(x2.T)
+    return y.reshape(*x.shape[:-1], kernel.shape[-1]), (x_t, kernel_low)
+
+
+def _matmul_backward(dtype, residuals, dy):
+    x_t, kernel_low = residuals
+    dy2 = dy.reshape(-1, dy.shape[-1]).astype(dtype)
+    dx = jax.lax.dot_general(  # dy @ kernel^T: both operands contract their last dimension.
+        dy2, kernel_low, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32
+    )
+    dkernel = jnp.dot(x_t, dy2, preferred_element_type=jnp.float32)
+    return dx.reshape(*dy.shape[:-1], -1).astype(dy.dtype), dkernel.astype(dy.dtype)
+
+
+_matmul.defvjp(_matmul_forward, _matmul_backward)

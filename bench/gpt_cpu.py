@@ -271,10 +271,10 @@ def main() -> None:
     parser.add_argument("--text", required=True, help="tinyshakespeare.txt")
     parser.add_argument("--torch_python", default="", help="python with torch; '' = no reference")
     parser.add_argument("--variant", action="append", help="NAME=ARGS (repeatable)")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=100, help="steps timed per variant per round")
-    parser.add_argument("--torch_iters", type=int, default=60, help="per round (first 10 dropped)")
-    parser.add_argument("--trainer_steps", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=200, help="steps timed per variant per round")
+    parser.add_argument("--torch_iters", type=int, default=110, help="per run (first 10 dropped)")
+    parser.add_argument("--trainer_steps", type=int, default=500, help="log windows of 50 steps")
     parser.add_argument("--peak_size", type=int, default=1024)
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -282,25 +282,29 @@ def main() -> None:
         return worker(json.loads(args.worker))
 
     loads = [load_average()]
-    torch_ms = []
-    if args.torch_python:
-        torch_ms.append(torch_reference(args, args.torch_iters))
-    # Workers start one at a time: each runs the trainer (compile, steps/s) on a quiet-ish machine.
-    variants = []
+    reference = lambda: torch_reference(args, args.torch_iters) if args.torch_python else None
+    # Trainer runs, one variant at a time, each between two runs of the reference.
+    variants, torch_before = [], reference()
     for text in args.variant or DEFAULT_VARIANTS:
         variant = Variant(text, args)
         variant.info = variant.receive()
+        torch_after = reference()
+        variant.trainer_torch_ms = (torch_before, torch_after)
+        torch_before = torch_after
         variants.append(variant)
         print(
-            f"{variant.name}: trainer {variant.info['trainer_steps_per_s']:.1f} steps/s, "
-            f"first call {variant.info['first_call_s']:.1f} s",
+            f"{variant.name}: trainer {1e3 / variant.info['trainer_steps_per_s']:.1f} ms/step, "
+            f"first call {variant.info['first_call_s']:.1f} s; torch around it "
+            f"{variant.trainer_torch_ms}",
             file=sys.stderr,
             flush=True,
         )
+    # The compiled steps alone, in rounds alternating with the reference.
+    torch_ms = []
     for round_index in range(args.rounds):
         loads.append(load_average())
         if args.torch_python:
-            torch_ms.append(torch_reference(args, args.torch_iters))
+            torch_ms.append(reference())
         for variant in variants:
             variant.ms.append(variant.ask(cmd="time", steps=args.steps)["ms"])
             variant.peaks.append(variant.ask(cmd="peak", size=args.peak_size)["gflops"])
@@ -319,27 +323,32 @@ def main() -> None:
 
 
 def report(args, variants, torch_ms, loads) -> None:
-    torch_median = statistics.median(torch_ms) if torch_ms else None
-    rows, results = [], {}
+    """The table, then one JSON line."""
+    median = statistics.median
+    torch_median = median(torch_ms) if torch_ms else None
+    results = {}
     for v in variants:
         info = v.info
-        ms = statistics.median(v.ms)
+        ms = median(v.ms)
         tokens_per_step = info["tokens_per_step"]
         # nanoGPT estimate_mfu: 6N + 12 * layers * width * context FLOPs per token.
         flops_per_token = 6 * info["non_position_params"] + info["attention_flops_per_token"]
         achieved = flops_per_token * tokens_per_step / (ms / 1e3) / 1e9
-        peak32 = statistics.median(p["float32"] for p in v.peaks)
-        peak16 = statistics.median(p["bfloat16"] for p in v.peaks)
+        peak32 = median(p["float32"] for p in v.peaks)
+        peak16 = median(p["bfloat16"] for p in v.peaks)
         trainer_ms = 1e3 / info["trainer_steps_per_s"]
-        result = {
+        r = {
             "ms_per_step": round(ms, 2),
             "ms_per_step_rounds": [round(x, 2) for x in v.ms],
             "steps_per_s": round(1e3 / ms, 2),
             "tokens_per_s": round(tokens_per_step * 1e3 / ms),
             "trainer_ms_per_step": round(trainer_ms, 2),
+            "trainer_steps_per_s": round(info["trainer_steps_per_s"], 2),
             "first_call_s": round(info["first_call_s"], 2),
             "input_cpu_ms_per_step": round(info["input_cpu_ms"], 3),
+            "input_wall_ms_per_step": round(info["input_wall_ms"], 3),
             "input_share": round(info["input_cpu_ms"] / ms, 4),
+            "flops_per_token": flops_per_token,
             "gflops": round(achieved, 1),
             "peak_gflops_f32": round(peak32, 1),
             "peak_gflops_bf16": round(peak16, 1),
@@ -348,38 +357,66 @@ def report(args, variants, torch_ms, loads) -> None:
             "steps_per_call": info["steps_per_call"],
             "dtype": info["dtype"],
             "xla_flags": info["xla_flags"],
-            "trainer_val_loss_at_end": round(info["trainer_val_loss"], 4),
+            "overrides": v.spec["overrides"],
         }
         if torch_median:
-            result["speedup_vs_torch"] = round(torch_median / ms, 3)
-            result["trainer_speedup_vs_torch"] = round(torch_median / trainer_ms, 3)
-        results[v.name] = result
-        rows.append((v.name, result))
+            # Paired: each round's reference time over this round's step time, then the median.
+            r["speedup_vs_torch"] = round(median(t / m for t, m in zip(torch_ms, v.ms)), 3)
+            r["trainer_speedup_vs_torch"] = round(median(v.trainer_torch_ms) / trainer_ms, 3)
+            r["trainer_torch_ms"] = v.trainer_torch_ms
+        results[v.name] = r
 
-    header = (
-        f"{'variant':12s} {'ms/step':>8s} {'steps/s':>8s} {'tok/s':>7s} {'trainer':>8s} "
-        f"{'1st call':>8s} {'input':>6s} {'GFLOP/s':>8s} {'MFU f32':>8s} {'vs torch':>8s} {'trainer':>8s}"
+    columns = (
+        ("variant", 12, "s"),
+        ("ms/step", 8, ".2f"),
+        ("steps/s", 8, ".1f"),
+        ("tokens/s", 8, ".0f"),
+        ("trainer ms", 10, ".2f"),
+        ("1st call s", 10, ".1f"),
+        ("input", 6, ".1%"),
+        ("GFLOP/s", 8, ".1f"),
+        ("MFU f32", 8, ".1%"),
+        ("MFU bf16", 8, ".1%"),
+        ("x torch", 8, ".2f"),
+        ("trainer x", 9, ".2f"),
     )
-    print(header)
-    print(
-        f"{'':12s} {'':>8s} {'':>8s} {'':>7s} {'ms/step':>8s} {'s':>8s} {'share':>6s} "
-        f"{'':>8s} {'peak':>8s} {'(step)':>8s} {'vs torch':>8s}"
-    )
+    print("  ".join(f"{name:>{width}s}" for name, width, _ in columns))
+    rows = []
     if torch_median:
-        tokens = rows[0][1]["tokens_per_s"] * rows[0][1]["ms_per_step"] / torch_median
-        print(f"{'torch':12s} {torch_median:8.2f} {1e3 / torch_median:8.2f} {tokens:7.0f}")
-    for name, r in rows:
-        vs = f"{r.get('speedup_vs_torch', 0):7.2f}x" if torch_median else ""
-        tvs = f"{r.get('trainer_speedup_vs_torch', 0):7.2f}x" if torch_median else ""
-        print(
-            f"{name:12s} {r['ms_per_step']:8.2f} {r['steps_per_s']:8.2f} {r['tokens_per_s']:7d} "
-            f"{r['trainer_ms_per_step']:8.2f} {r['first_call_s']:8.1f} {r['input_share']:6.1%} "
-            f"{r['gflops']:8.1f} {r['mfu_f32_peak']:8.1%} {vs:>8s} {tvs:>8s}"
+        tokens = variants[0].info["tokens_per_step"] * 1e3 / torch_median
+        rows.append(("torch", torch_median, 1e3 / torch_median, tokens) + (None,) * 8)
+    for name, r in results.items():
+        rows.append(
+            (
+                name,
+                r["ms_per_step"],
+                r["steps_per_s"],
+                r["tokens_per_s"],
+                r["trainer_ms_per_step"],
+                r["first_call_s"],
+                r["input_share"],
+                r["gflops"],
+                r["mfu_f32_peak"],
+                r["mfu_bf16_peak"],
+                r.get("speedup_vs_torch"),
+                r.get("trainer_speedup_vs_torch"),
+            )
         )
+    for row in rows:
+        cells = [
+            f"{'':>{width}s}" if value is None else f"{value:>{width}{fmt}}"
+            for value, (_, width, fmt) in zip(row, columns)
+        ]
+        print("  ".join(cells))
+    peaks = [results[v.name]["peak_gflops_f32"] for v in variants]
+    peaks16 = [results[v.name]["peak_gflops_bf16"] for v in variants]
     print(
-        f"median of {args.rounds} interleaved rounds; load average "
-        f"{min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} CPUs; "
-        f"peak f32 {statistics.median(r['peak_gflops_f32'] for _, r in rows):.0f} GFLOP/s"
+        f"step alone: median of {args.rounds} rounds alternating with the reference (x torch: "
+        f"median of per-round ratios); trainer: {args.trainer_steps} steps of the real trainer, "
+        f"reference run just before and after. Input: host CPU time to make a step's batch / "
+        f"step time. MFU: nanoGPT's 6N + 12*L*D*T FLOPs/token against the matmul peak measured "
+        f"here ({median(peaks):.0f} GFLOP/s f32, {median(peaks16):.0f} bf16). Load average "
+        f"{min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} CPUs."
     )
     summary = {
         "benchmark": "gpt_cpu",

@@ -2,27 +2,33 @@
 
     python bench/gpt_cpu.py --text=../shared/data/tinyshakespeare.txt \\
         --torch_python=/tmp/torch-ref/bin/python
-    # Compare settings side by side (each variant is its own process: XLA_FLAGS are per process):
+    # Other settings side by side (each variant is its own process: XLA_FLAGS are per process):
     python bench/gpt_cpu.py --text=... --variant="bf16=--config.model.dtype=bfloat16" \\
-        --variant="noynn=--xla_cpu_experimental_ynn_fusion_type=-individual_dot"
+        --variant="eigen=--xla_cpu_experimental_ynn_fusion_type=-individual_dot"
 
-What is timed is the project's own training step: each variant runs the real trainer
-(`research.train.run` on experiments/shakespeare_char_gpt.py:cpu plus the variant's overrides) for
-`--trainer_steps` steps and reads steps/s from its metrics.jsonl (input pipeline, host stacking
-and logging included). The compiled step the trainer built is kept (`parallel.compile_step` is
-wrapped to capture it) and then timed alone on pre-built batches of real data, in rounds that
-alternate with the PyTorch reference (../shared/bench/torch_gpt.py) and with a matmul peak
-measurement: the machines are shared, so only numbers measured side by side are compared.
+What is timed is the project's own training step. Each variant runs the real trainer
+(`research.train.run` on experiments/shakespeare_char_gpt.py:cpu plus the variant's overrides)
+for `--trainer_steps` steps and reads its steps/s from metrics.jsonl (median of the 50-step log
+windows after the first): input pipeline, host stacking and logging included. The compiled step
+that trainer built is kept (`parallel.compile_step` is wrapped to capture it) and then timed alone
+on pre-built batches of real data, in rounds that alternate with the PyTorch reference
+(../shared/bench/torch_gpt.py, same recipe) and with a matmul peak measurement: the machines are
+shared, so only numbers measured side by side are compared, and each ratio is the median of
+per-round ratios. The reference also runs just before and after each trainer run.
 
-Reported per variant: ms/step, steps/s, tokens/s, the first call's time (trace + compile + one
-call), the input pipeline's host time per step as a share of the step, MFU, and the ratio
-torch ms / our ms (> 1: we are faster). MFU counts nanoGPT's `estimate_mfu` FLOPs, 6N + 12 L D T
-per token (N: parameters without the position table), against the best dense matmul FLOP/s
-measured in the same round, in float32 and (for a bfloat16 model) in bfloat16.
+Default variants: `recipe` (the experiment as written: float32, one step per call), `scan10`
+(10 steps per compiled call) and `fast` (10 steps per call, model.dtype=bfloat16_matmul).
 
-A variant is NAME=ARGS, ARGS space-separated: `--config.a.b=v` overrides, `--xla_...` XLA flags
-(set as XLA_FLAGS of that variant's process), `--repo=DIR` another checkout of this project.
-It prints a table and, last, one JSON line. bench/NOTES.md records what was tried.
+Reported per variant: ms/step, steps/s, tokens/s, the trainer's ms/step, the first call's time
+(trace + compile + one call, seconds), the input pipeline's host CPU time per step as a share of
+the step, GFLOP/s and MFU, and the ratio torch ms / our ms (> 1: we are faster). FLOPs are
+nanoGPT's `estimate_mfu` count, 6N + 12 L D T per token (N: parameters without the position
+table); the peak is the best 1024^3 matmul (float32 and bfloat16) measured in the same rounds.
+
+A variant is NAME=ARGS, ARGS space-separated: `--config.a.b=v` overrides (model.* fields the
+experiment does not list are GPT arguments, added), `--xla_...` XLA flags (set as that variant's
+XLA_FLAGS), `--repo=DIR` another checkout of this project. Prints a table, then one JSON line.
+bench/NOTES.md records what was tried and what it gave.
 """
 
 import argparse
@@ -42,6 +48,7 @@ TORCH_SCRIPT = REPO.parent / "shared" / "bench" / "torch_gpt.py"
 DTYPES = ("float32", "bfloat16")  # Matmul peaks measured for MFU.
 DEFAULT_VARIANTS = (
     "recipe=",
+    "scan10=--config.train.steps_per_call=10",
     "fast=--config.train.steps_per_call=10 --config.model.dtype=bfloat16_matmul",
 )
 

@@ -222,6 +222,42 @@ def test_recipe_model_has_nanogpts_parameter_count():
     assert count - 256 * 384 == 10_646_784
 
 
+@pytest.mark.parametrize(
+    "arg, steps, batch",
+    [
+        ("cpu", 10, 12),  # the CPU recipe as written: 10 steps per call, bfloat16_matmul
+        ("cpu,fp32", 2, 12),
+        ("", 1, 2),  # the A100 recipe (10.7M params, context 256) at batch 2
+    ],
+)
+def test_each_variant_trains_on_mock_text(tmp_path, arg, steps, batch):
+    """The recipe and cpu variants as written, shortened, on tfds's mock text (11 characters)."""
+    overrides = {
+        "data.mock": True,
+        "train.steps": steps,
+        "train.batch_size": batch,
+        "train.eval_batch_size": 64,
+        "train.eval_every_steps": steps,
+        "train.checkpoint_every_steps": steps,
+        "schedule.warmup_steps": 0,
+        "expected.metric": "",
+    }
+    config = cfg.build_config(f"experiments/shakespeare_char_gpt.py:{arg}", overrides)
+    cpu, fp32 = arg.startswith("cpu"), arg.endswith("fp32")
+    assert config.model.dtype == ("bfloat16_matmul" if cpu and not fp32 else "float32")
+    assert config.train.steps_per_call == (10 if cpu else 1)
+    result = train.run(config, tmp_path)
+    assert result["step"] == steps and result["num_params"] == (804_096 if cpu else 10_745_088)
+    # 65 outputs at init (ln 65 = 4.17); the mock text uses 11 of them (ln 11 = 2.40). Measured:
+    # cpu 2.67 after 10 steps, cpu,fp32 3.40 after 2, the recipe 3.00 after 1.
+    assert result["metrics"]["eval/loss"] < (3.0 if steps == 10 else 3.75)
+
+
+def test_fp32_is_a_cpu_variant_word():
+    with pytest.raises(cfg.ConfigError, match="use :cpu,fp32"):
+        cfg.load_experiment("experiments/shakespeare_char_gpt.py:fp32")
+
+
 def test_generate_past_the_context_length():
     """Greedy chunks: each token is the argmax given the tokens of its chunk before it."""
     model = gpt.GPTTiny(vocab_size=11, block_size=8)

@@ -119,6 +119,7 @@ def main(argv: list[str]) -> int:
 def sweep_command(argv: list[str]) -> int:
     """`launch.py sweep`: run a sweep's unfinished runs locally, or write a SLURM job array."""
     from research import slurm, sweep
+    from research.config import ConfigError
 
     parser = argparse.ArgumentParser(
         prog="launch.py sweep",
@@ -151,6 +152,8 @@ def sweep_command(argv: list[str]) -> int:
         help="with --slurm: an #SBATCH line, e.g. --sbatch=--time=02:00:00 (repeatable)",
     )
     args = parser.parse_args(argv)
+    if not args.slurm and (args.submit or args.sbatch):
+        raise ConfigError("--submit and --sbatch go with --slurm (without it the sweep runs here)")
     if args.slurm:
         slurm.write(
             args.config,

@@ -5,6 +5,8 @@
     # nanoGPT's CPU recipe (4 layers, 128 wide, context 64; 0.8M parameters).
     python launch.py --config=experiments/shakespeare_char_gpt.py:cpu \\
         --config.data.path=../shared/data/tinyshakespeare.txt --workdir=runs/shakespeare_cpu
+    # The same with float32 matmuls (the cpu variant multiplies bfloat16 operands; same loss).
+    python launch.py --config=experiments/shakespeare_char_gpt.py:cpu,fp32 ...
     # Text from a trained run.
     python launch.py sample --workdir=runs/shakespeare_cpu --prompt="ROMEO:" --max_new_tokens=500
 
@@ -32,17 +34,18 @@ Expected:
           1.9130, mean 1.907 (std 0.009); checked as within 1.907 +/- 0.02
           (bench/parity/NOTES.md: one-step parity with identical weights to ~1e-9 in gradients).
   Measured here, cpu variant with --config.data.path=../shared/data/tinyshakespeare.txt:
-          val loss 1.9064 at step 2,000 (seed 0); seeds 1 and 2: 1.9172 and 1.8959 (mean of 3:
-          1.9065, std 0.011) -- the reference's mean to 0.0005. A 20-batch estimate on our seed-0
-          checkpoint has std 0.016 (minimum 1.8675 over 50 repeats), so nanoGPT's single 1.88 is
-          within its noise. Evaluation curve (seed 0), every 250 steps: 2.452 2.305 2.176 2.094
-          2.003 1.963 1.931 1.906.
+          val loss 1.9066 at step 2,000 (seed 0); seeds 1 and 2: 1.9174 and 1.8960 (mean of 3:
+          1.9067) -- the reference's mean to 0.0003. In float32 (`cpu,fp32`): 1.9064, 1.9172,
+          1.8959 (mean 1.9065). A 20-batch estimate on the float32 seed-0 checkpoint has std
+          0.016 (minimum 1.8675 over 50 repeats), so nanoGPT's single 1.88 is within its noise.
+          Evaluation curve (float32, seed 0), every 250 steps: 2.452 2.305 2.176 2.094 2.003
+          1.963 1.931 1.906.
 Runtime:
   recipe: about 3 minutes on one A100 (nanoGPT README); not measured here.
-  cpu:    236 s wall on a 2-core x86-64 CPU (2026) with few other jobs running (about 10 training
-          steps/s), 637 s (4.7 steps/s) while other jobs kept both cores busy; that includes 9
-          evaluations of all 1,742 windows (7 s each on the busy machine). nanoGPT README: about 3
-          minutes on a MacBook CPU.
+  cpu:    81 s wall on a 2-core x86-64 CPU with AVX-512 BF16 (2026), load ~1.5: about 27 ms per
+          training step (PyTorch reference: ~37 ms, bench/gpt_cpu.py), plus 9 evaluations of all
+          1,742 validation windows. `cpu,fp32`: 124 s (val 1.9064, as with one step per call,
+          which took 236 s; nanoGPT README: about 3 minutes on a MacBook CPU).
   smoke:  a 1-layer model for 6 steps on tfds's mock text (no files, no network), for the tests;
           ~10 s after compilation.
 

@@ -63,7 +63,7 @@ def run(
     is_main = jax.process_index() == 0
     if is_main:
         workdir.write_json(wd / "config.json", config.to_dict())
-        workdir.write_json(wd / "provenance.json", workdir.provenance(list(argv)))
+        workdir.record_provenance(wd / "provenance.json", list(argv))
         for name, text in info.workdir_files.items():
             (wd / name).write_text(text)
     tc = config.train

@@ -1,7 +1,8 @@
 """What a run leaves in its workdir, besides checkpoints.
 
 config.json       the resolved config (experiment file + overrides)
-provenance.json   git SHA and dirty flag, package versions, host, devices, command line
+provenance.json   git SHA and dirty flag, package versions, host, devices, command line (of the
+                  latest launch; a resumed run keeps its earlier launches' under "earlier_launches")
 metrics.jsonl     one JSON object per logged step and split (see research/writer.py)
 results.json      final metrics and the check against the paper's number (`config.expected`)
 """
@@ -99,6 +100,20 @@ def provenance(argv: list[str]) -> dict[str, Any]:
         "command": [sys.executable, *argv] if argv else None,
         "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
+
+
+def record_provenance(path: Path, argv: list[str]) -> None:
+    """Write this launch's provenance to `path`, keeping the records of earlier launches."""
+    record = provenance(argv)
+    earlier = []
+    if path.exists():
+        try:
+            previous = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            previous = None  # Unreadable: start the history again rather than fail the run.
+        if isinstance(previous, dict):
+            earlier = previous.pop("earlier_launches", []) + [previous]
+    write_json(path, record | {"earlier_launches": earlier})
 
 
 def expected_met(expected: ml_collections.ConfigDict, metrics: dict[str, float]) -> bool | None:

@@ -241,6 +241,15 @@ def test_slurm_script_has_one_array_task_per_run(tmp_path, fake_launcher):
     assert text.count("exec ") == 3
 
 
+@pytest.mark.parametrize("flag", ["--submit", "--sbatch=--time=01:00:00"])
+def test_slurm_flags_without_slurm_are_one_line_and_run_nothing(tmp_path, capsys, flag):
+    argv = ["sweep", f"--config={SMOKE}", f"--workdir={tmp_path / 'sw'}", flag]
+    assert launch.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --submit and --sbatch go with --slurm (without it the sweep runs here)\n"
+    assert not (tmp_path / "sw").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # Report statistics on hand-made runs, checked against numpy/scipy.
 # ---------------------------------------------------------------------------------------------

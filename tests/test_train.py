@@ -110,9 +110,12 @@ def test_resume_is_bitwise_equal(tmp_path):
         "data.augment.flip": "true",
     }
     whole = train.run(smoke_config(overrides), tmp_path / "whole")
-    half = train.run(smoke_config(overrides), tmp_path / "split", stop_after_step=5)
+    half = train.run(smoke_config(overrides), tmp_path / "split", stop_after_step=5, argv=["a"])
     assert half == {"experiment": "digits_cnn:smoke", "step": 5, "finished": False, "signal": None}
-    resumed = train.run(smoke_config(overrides), tmp_path / "split")
+    resumed = train.run(smoke_config(overrides), tmp_path / "split", argv=["b"])
+    provenance = json.loads((tmp_path / "split" / "provenance.json").read_text())
+    assert provenance["command"][1:] == ["b"]  # The latest launch, and the one before it.
+    assert [p["command"][1:] for p in provenance["earlier_launches"]] == [["a"]]
     assert_trees_equal(final_state(tmp_path / "whole"), final_state(tmp_path / "split"))
     assert whole["metrics"] == resumed["metrics"]
     lines = lambda wd: [

@@ -118,7 +118,7 @@ def main(argv: list[str]) -> int:
 
 def sweep_command(argv: list[str]) -> int:
     """`launch.py sweep`: run a sweep's unfinished runs locally, or write a SLURM job array."""
-    from research import slurm, sweep
+    from research import local, slurm, sweep
     from research.config import ConfigError
 
     parser = argparse.ArgumentParser(
@@ -163,7 +163,7 @@ def sweep_command(argv: list[str]) -> int:
             options=args.sbatch,
         )
         return 0
-    return sweep.run_local(args.config, args.workdir, parallel=args.parallel)
+    return local.run(args.config, args.workdir, parallel=args.parallel)
 
 
 def report_command(argv: list[str]) -> int:

@@ -210,17 +210,21 @@ def run(
         logits = model.apply({"params": params, **model_state}, batch[task.input_key], train=False)
         return task.eval_outputs(logits, batch)
 
-    def evaluate(state: dict, split: str) -> tuple[dict[str, float], dict]:
-        """Metrics of the current (or EMA) parameters on a TFDS split."""
-        params = state["ema_params"] if ema_decay else state["params"]
-        collected = []
-        for local in data.eval_batches(
+    @functools.cache  # Built once per split (decoding it, for images); each iteration is a pass.
+    def eval_dataset(split: str):
+        return data.eval_batches(
             config.data,
             split,
             global_batch_size=tc.get("eval_batch_size", tc.batch_size),
             process_index=jax.process_index(),
             process_count=jax.process_count(),
-        ):
+        )
+
+    def evaluate(state: dict, split: str) -> tuple[dict[str, float], dict]:
+        """Metrics of the current (or EMA) parameters on a TFDS split."""
+        params = state["ema_params"] if ema_decay else state["params"]
+        collected = []
+        for local in eval_dataset(split):
             batch = parallel.global_batch(local, mesh)
             outputs, mask = parallel.gather(
                 (eval_step(params, state["model_state"], batch), batch["mask"])

@@ -125,6 +125,23 @@ def test_resume_is_bitwise_equal(tmp_path):
     assert lines(tmp_path / "whole") == lines(tmp_path / "split")
 
 
+def test_each_eval_split_is_built_once(tmp_path, monkeypatch):
+    """Evaluations iterate one dataset per split again, rather than reading the split anew."""
+    built = []
+    eval_batches = data.eval_batches
+    monkeypatch.setattr(
+        data,
+        "eval_batches",
+        lambda c, split, **kw: built.append(split) or eval_batches(c, split, **kw),
+    )
+    config = smoke_config({"train.eval_every_steps": "3"})
+    result = train.run(config, tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "eval"] == [3, 6, 9, 12]
+    assert sorted(built) == sorted({config.data.eval_split, config.data.test_split})
+    assert 0.0 <= result["metrics"]["test/accuracy"] <= 1.0
+
+
 def test_gradient_accumulation_matches_the_full_batch(tmp_path):
     """k micro-batches give the full-batch update (no BatchNorm, no dropout): equal to float error."""
     base = {"train.steps": "4", "train.eval_every_steps": "4", "train.checkpoint_every_steps": "4"}

@@ -163,7 +163,7 @@ def sweep_command(argv: list[str]) -> int:
             options=args.sbatch,
         )
         return 0
-    return local.run(args.config, args.workdir, parallel=args.parallel)
+    return local.run_sweep(args.config, args.workdir, parallel=args.parallel)
 
 
 def report_command(argv: list[str]) -> int:

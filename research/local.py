@@ -1,8 +1,8 @@
 """Running a sweep's plan on this machine: N processes at a time, with progress and an ETA.
 
-`run` launches the unfinished runs of `research.sweep.plan(...)` as local processes (`launch.py
-train`, each with its own workdir and log), records every attempt in the run's cell.json, and
-prints one line per finished run and a status line. Runs with results.json are skipped, and
+`run_sweep` launches the unfinished runs of `research.sweep.plan(...)` as local processes
+(`launch.py train`, each with its own workdir and log), records every attempt in the run's
+cell.json, and prints one line per finished run and a status line. Runs with results.json are skipped, and
 interrupted ones resume from their checkpoints, so the same call can always be repeated.
 research/slurm.py writes the same plan as a SLURM job array instead.
 """
@@ -22,7 +22,7 @@ from research.sweep import Run, cell_dirname, plan, read_cell, status, write_pla
 from research.workdir import write_json
 
 
-def run(
+def run_sweep(
     spec: str,
     workdir: str | Path,
     *,

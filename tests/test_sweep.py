@@ -153,7 +153,7 @@ def test_an_invalid_cell_fails_the_whole_sweep_before_anything_runs(tmp_path, fa
     with pytest.raises(
         ConfigError, match="sweep cell 'typo': unknown config key --config.optimizer.lr"
     ):
-        local.run(str(experiment), tmp_path / "sw", launcher=fake_launcher, out=io.StringIO())
+        local.run_sweep(str(experiment), tmp_path / "sw", launcher=fake_launcher, out=io.StringIO())
     assert not (tmp_path / "sw").exists()
 
 
@@ -167,7 +167,7 @@ def test_runner_skips_finished_runs_and_reruns_a_failed_one(tmp_path, fake_launc
     failing = sweep_dir / "sgd_momentum" / "seed_1"
     failing.mkdir(parents=True)
     (failing / "fail_once").touch()
-    run = lambda: local.run(
+    run = lambda: local.run_sweep(
         SMOKE, sweep_dir, parallel=2, launcher=fake_launcher, out=io.StringIO(), poll_s=0.02
     )
 
@@ -189,7 +189,7 @@ def test_runner_skips_finished_runs_and_reruns_a_failed_one(tmp_path, fake_launc
     assert [a["exit_code"] for a in sw.read_cell(failing)["attempts"]] == [1, 0]
 
     out = io.StringIO()
-    assert local.run(SMOKE, sweep_dir, launcher=fake_launcher, out=out, poll_s=0.02) == 0
+    assert local.run_sweep(SMOKE, sweep_dir, launcher=fake_launcher, out=out, poll_s=0.02) == 0
     assert len(calls(sweep_dir)) == 5  # Nothing left to do.
     assert "4 done, 0 to run" in out.getvalue()
 
@@ -203,7 +203,7 @@ def test_interrupted_runs_are_resumed_with_the_same_command(tmp_path, fake_launc
 
 
 def test_a_workdir_made_with_other_overrides_is_refused(tmp_path, fake_launcher):
-    local.run(SMOKE, tmp_path / "sw", launcher=fake_launcher, out=io.StringIO(), poll_s=0.02)
+    local.run_sweep(SMOKE, tmp_path / "sw", launcher=fake_launcher, out=io.StringIO(), poll_s=0.02)
     cell_json = tmp_path / "sw" / "baseline" / "seed_0" / "cell.json"
     cell = json.loads(cell_json.read_text())
     cell["overrides"]["optimizer.clip_norm"] = "1.0"

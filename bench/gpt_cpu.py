@@ -16,9 +16,9 @@ on pre-built batches of real data, in rounds that alternate with the PyTorch ref
 shared, so only numbers measured side by side are compared, and each ratio is the median of
 per-round ratios. The reference also runs just before and after each trainer run.
 
-Default variants: `cpu` (the experiment as written: 10 steps per compiled call, matmul operands
-in bfloat16 with float32 accumulation), `f32_10` (the same in float32: `cpu,fp32`) and `f32_1`
-(float32, one step per call: the plain jitted step).
+Default variants, each adding one change: `plain` (float32, one step per call: the plain jitted
+step), `scan10` (10 steps per compiled call), `bf16` (matmul operands in bfloat16 with float32
+accumulation) and `cpu` (the experiment as written: also the batch as 2 micro-batches).
 
 Reported per variant: ms/step, steps/s, tokens/s, the trainer's ms/step, the first call's time
 (trace + compile + one call, seconds), the input pipeline's host CPU time per step as a share of
@@ -48,8 +48,10 @@ TORCH_SCRIPT = REPO.parent / "shared" / "bench" / "torch_gpt.py"
 # The experiment as written (`cpu`) and the float32 steps it was sped up from (bench/NOTES.md).
 DTYPES = ("float32", "bfloat16")  # Matmul peaks measured for MFU.
 DEFAULT_VARIANTS = (
-    "f32_1=--config.model.dtype=float32 --config.train.steps_per_call=1",
-    "f32_10=--config.model.dtype=float32",
+    "plain=--config.model.dtype=float32 --config.train.steps_per_call=1 "
+    "--config.optimizer.grad_accum_steps=1",
+    "scan10=--config.model.dtype=float32 --config.optimizer.grad_accum_steps=1",
+    "bf16=--config.optimizer.grad_accum_steps=1",
     "cpu=",
 )
 

@@ -246,6 +246,7 @@ def test_each_variant_trains_on_mock_text(tmp_path, arg, steps, batch):
     cpu, fp32 = arg.startswith("cpu"), arg.endswith("fp32")
     assert config.model.dtype == ("bfloat16_matmul" if cpu and not fp32 else "float32")
     assert config.train.steps_per_call == (10 if cpu else 1)
+    assert config.optimizer.grad_accum_steps == (2 if cpu else 1)
     result = train.run(config, tmp_path)
     assert result["step"] == steps and result["num_params"] == (804_096 if cpu else 10_745_088)
     # 65 outputs at init (ln 65 = 4.17); the mock text uses 11 of them (ln 11 = 2.40). Measured:

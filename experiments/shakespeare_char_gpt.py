@@ -34,18 +34,18 @@ Expected:
           1.9130, mean 1.907 (std 0.009); checked as within 1.907 +/- 0.02
           (bench/parity/NOTES.md: one-step parity with identical weights to ~1e-9 in gradients).
   Measured here, cpu variant with --config.data.path=../shared/data/tinyshakespeare.txt:
-          val loss 1.9066 at step 2,000 (seed 0); seeds 1 and 2: 1.9174 and 1.8960 (mean of 3:
-          1.9067) -- the reference's mean to 0.0003. In float32 (`cpu,fp32`): 1.9064, 1.9172,
-          1.8959 (mean 1.9065). A 20-batch estimate on the float32 seed-0 checkpoint has std
-          0.016 (minimum 1.8675 over 50 repeats), so nanoGPT's single 1.88 is within its noise.
-          Evaluation curve (float32, seed 0), every 250 steps: 2.452 2.305 2.176 2.094 2.003
-          1.963 1.931 1.906.
+          val loss 1.9070 at step 2,000 (seed 0); seeds 1 and 2: 1.9175 and 1.8950 (mean of 3:
+          1.9065) -- the reference's mean to 0.0005. Float32, one batch per step (as nanoGPT):
+          1.9064, 1.9172, 1.8959 (mean 1.9065). A 20-batch estimate on the float32 seed-0
+          checkpoint has std 0.016 (minimum 1.8675 over 50 repeats), so nanoGPT's single 1.88 is
+          within its noise. Evaluation curve (float32, seed 0), every 250 steps: 2.452 2.305 2.176
+          2.094 2.003 1.963 1.931 1.906.
 Runtime:
   recipe: about 3 minutes on one A100 (nanoGPT README); not measured here.
-  cpu:    81 s wall on a 2-core x86-64 CPU with AVX-512 BF16 (2026), load ~1.5: about 27 ms per
-          training step (PyTorch reference: ~37 ms, bench/gpt_cpu.py), plus 9 evaluations of all
-          1,742 validation windows. `cpu,fp32`: 124 s (val 1.9064, as with one step per call,
-          which took 236 s; nanoGPT README: about 3 minutes on a MacBook CPU).
+  cpu:    79 s wall on a 2-core x86-64 CPU with AVX-512 BF16 (2026), load ~1.5: 22-26 ms per
+          training step (PyTorch reference: 34-48 ms, bench/gpt_cpu.py), plus 9 evaluations of all
+          1,742 validation windows. `cpu,fp32`: 124 s (val 1.9064 before micro-batches). Float32 one
+          step per call: 236 s. nanoGPT README: about 3 minutes on a MacBook CPU.
   smoke:  a 1-layer model for 6 steps on tfds's mock text (no files, no network), for the tests;
           ~10 s after compilation.
 
@@ -139,7 +139,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # - the batch as 2 micro-batches of 6: the same update (the mean of two equal halves),
         #   computed as two independent chains that XLA:CPU runs side by side on 2 cores;
         # - matmul operands in bfloat16 with float32 accumulation (activations, norms, softmax and
-        #   the optimizer stay float32): same val loss over 3 seeds (1.9067 vs 1.9065 in float32).
+        #   the optimizer stay float32): same val loss over 3 seeds (mean 1.9065, as float32).
         # `cpu,fp32` keeps float32 matmuls: nanoGPT's numerics up to summation order.
         c.train.steps_per_call = 10
         c.optimizer.grad_accum_steps = 2

@@ -19,9 +19,6 @@ import argparse
 import logging
 import sys
 
-EXIT_USAGE = 2  # A mistake in the command or config: nothing was run.
-EXIT_HALTED = 1  # Training stopped (non-finite values, a failed save); see the message.
-
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     """Split argv into launcher flags and `--config.*` overrides."""
@@ -71,10 +68,8 @@ def main(argv: list[str]) -> int:
     """Entry point; returns the process exit status."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("research").setLevel(logging.INFO)
-    from research.checkpoint import SaveFailed
-    from research.config import ConfigError, build_config, validate
-    from research.data import DatasetUnavailable
-    from research.guard import TrainingHalted
+    from research.config import build_config, validate
+    from research.errors import EXIT_HALTED, EXIT_USAGE, HALTING_ERRORS, USAGE_ERRORS
 
     try:
         if argv[:1] == ["sweep"]:
@@ -106,10 +101,10 @@ def main(argv: list[str]) -> int:
             force=args.force,
             stop_after_step=args.stop_after_step,
         )
-    except (ConfigError, DatasetUnavailable) as e:
+    except USAGE_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except (TrainingHalted, SaveFailed) as e:
+    except HALTING_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_HALTED
     # Preempted: the shell's convention for "killed by signal N", so schedulers see it.
@@ -119,7 +114,7 @@ def main(argv: list[str]) -> int:
 def sweep_command(argv: list[str]) -> int:
     """`launch.py sweep`: run a sweep's unfinished runs locally, or write a SLURM job array."""
     from research import local, slurm, sweep
-    from research.config import ConfigError
+    from research.errors import ConfigError
 
     parser = argparse.ArgumentParser(
         prog="launch.py sweep",

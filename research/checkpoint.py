@@ -20,22 +20,9 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from research.errors import SaveFailed
+
 log = logging.getLogger(__name__)
-
-
-class SaveFailed(RuntimeError):
-    """A checkpoint could not be written; the message says which and what is still intact."""
-
-    def __init__(self, step: int, error: Exception, checkpointer: "Checkpointer"):
-        try:
-            intact = checkpointer.all_steps()
-        except Exception:  # noqa: BLE001 - the filesystem itself may be gone.
-            intact = "unknown"
-        super().__init__(
-            f"saving checkpoint step {step} failed ({type(error).__name__}: {error}); "
-            f"earlier checkpoints {intact} in {checkpointer.directory} are intact. Free space or "
-            "fix the path, then launch again to resume"
-        )
 
 
 class Checkpointer:
@@ -133,7 +120,15 @@ class Checkpointer:
         try:
             self._manager.wait_until_finished()
         except Exception as e:
-            raise SaveFailed(self._manager.latest_step() or -1, e, self) from e
+            raise self.save_failed(self._manager.latest_step() or -1, e) from e
+
+    def save_failed(self, step: int, error: Exception) -> SaveFailed:
+        """The error for a failed save of `step`, naming the steps still intact."""
+        try:
+            intact = self.all_steps()
+        except Exception:  # noqa: BLE001 - the filesystem itself may be gone.
+            intact = "unknown"
+        return SaveFailed(step, error, intact, self.directory)
 
     def close(self) -> None:
         """Finish pending saves and release the manager."""

@@ -14,11 +14,13 @@ get one line that says what to do.
 import ast
 import importlib.util
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import ml_collections
+
+from research import expected
+from research.errors import ConfigError
 
 SECTIONS = ("model", "data", "optimizer", "schedule", "train", "parallel", "expected")
 TRAIN_POSITIVE_INTS = (
@@ -28,11 +30,6 @@ TRAIN_POSITIVE_INTS = (
     "checkpoint_every_steps",
     "log_every_steps",
 )
-COMPARISONS = (">=", "<=", "within")
-
-
-class ConfigError(ValueError):
-    """A mistake the user can fix in the experiment file or on the command line."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,15 +121,7 @@ def defaults() -> ml_collections.ConfigDict:
             "sync_batch_stats": True,  # BatchNorm statistics over the global batch.
         }
     )
-    c.expected = ml_collections.ConfigDict(
-        {
-            "metric": "",  # e.g. "test/accuracy"; "" = no target.
-            "value": 0.0,
-            "tolerance": 0.0,
-            "comparison": ">=",  # >= | <= | within
-            "source": "",  # Paper, table or figure the number comes from.
-        }
-    )
+    c.expected = ml_collections.ConfigDict(expected.defaults())  # research/expected.py
     return c
 
 
@@ -340,10 +329,4 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
             f"train.batch_size={train.batch_size} does not split over {device_count} devices x "
             f"{accum} accumulation steps; use a multiple of {device_count * accum}"
         )
-    expected = config.expected
-    if expected.get("metric"):
-        comparison = expected.get("comparison", ">=")
-        if comparison not in COMPARISONS:
-            raise ConfigError(f"expected.comparison={comparison!r}; choose one of {COMPARISONS}")
-        if not math.isfinite(expected.get("value", math.nan)):
-            raise ConfigError("expected.value must be a finite number")
+    expected.validate(config.expected)

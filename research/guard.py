@@ -22,13 +22,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from research.errors import TrainingHalted
+
 POLICIES = ("halt", "skip")
 SPIKE_EMA_DECAY = 0.99
 SPIKE_WARMUP_STEPS = 20
-
-
-class TrainingHalted(RuntimeError):
-    """The guard stopped the run; the message names the step and the last good checkpoint."""
 
 
 def init() -> dict[str, jax.Array]:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from research.config import ConfigError
+from research.errors import ConfigError
 from research.sweep import Run, cell_dirname, plan, read_cell, status, write_plan
 from research.workdir import write_json
 

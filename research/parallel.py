@@ -42,7 +42,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from research.config import ConfigError
+from research.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp")
 DATA_AXIS = "data"  # The axis the mapped strategies average over.

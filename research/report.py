@@ -29,7 +29,7 @@ from typing import Any
 import ml_collections
 
 from research import plots, stats
-from research.config import ConfigError
+from research.errors import ConfigError
 from research.sweep import SEED_KEY, cell_dirname
 from research.workdir import expected_met
 from research.writer import read_metrics

@@ -19,8 +19,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from research import models
-from research.config import ConfigError
 from research.data import text, tokenizers
+from research.errors import ConfigError
 from research.tasks import lm
 
 

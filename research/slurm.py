@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from research import sweep as sweeps
-from research.config import ConfigError
+from research.errors import ConfigError
 
 
 def script(

@@ -38,7 +38,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from research.config import ConfigError, build_config, experiment_module
+from research.config import build_config, experiment_module
+from research.errors import ConfigError
 from research.workdir import write_json
 
 LAUNCH = Path(__file__).resolve().parents[1] / "launch.py"

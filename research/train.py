@@ -25,7 +25,8 @@ import optax
 import tqdm
 
 from research import checkpoint, data, guard, models, optim, parallel, tasks, workdir
-from research.config import ConfigError
+from research.errors import ConfigError
+from research.expected import Expected
 from research.preemption import Preemption
 from research.writer import MetricWriter, read_metrics
 
@@ -291,7 +292,7 @@ def run(
         try:
             ckpt.save(step, state, train_iter.get_state(), meta, eval_metrics)
         except Exception as e:  # Disk full, permissions, a dead filesystem: report, keep the rest.
-            raise checkpoint.SaveFailed(step, e, ckpt) from e
+            raise ckpt.save_failed(step, e) from e
 
     wall_before = meta["wall_s"]
     elapsed = lambda: wall_before + time.time() - started
@@ -445,11 +446,8 @@ def summary_line(result: dict[str, Any]) -> str:
     """One line: the headline metrics and whether the expected result was met."""
     shown = {k: v for k, v in result["metrics"].items() if k.startswith("test/")}
     text = "  ".join(f"{k} {v:.4f}" for k, v in shown.items())
-    expected = result["expected"]
-    if expected:
-        verdict = {True: "MET", False: "NOT MET", None: "n/a"}[result["expected_met"]]
-        text += (
-            f"\nexpected {expected['metric']} {expected.get('comparison', '>=')} {expected['value']}"
-            f" (tolerance {expected.get('tolerance', 0.0)}; {expected.get('source', '')}): {verdict}"
-        )
+    target = Expected.from_fields(result["expected"])
+    if target:
+        verdict = {True: "MET", False: "NOT MET"}[result["expected_met"]]
+        text += f"\nexpected {target.describe()}: {verdict}"
     return f"step {result['step']}  {result['wall_s']:.1f}s  {text}"

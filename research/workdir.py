@@ -20,7 +20,8 @@ from typing import Any
 
 import ml_collections
 
-from research.config import ConfigError
+from research.errors import ConfigError
+from research.expected import Expected
 
 PACKAGES = (
     "jax",
@@ -116,22 +117,6 @@ def record_provenance(path: Path, argv: list[str]) -> None:
     write_json(path, record | {"earlier_launches": earlier})
 
 
-def expected_met(expected: ml_collections.ConfigDict, metrics: dict[str, float]) -> bool | None:
-    """Compare the achieved metric with the experiment's declared target (None if none declared)."""
-    if not expected.get("metric"):
-        return None
-    achieved = metrics.get(expected.metric)
-    if achieved is None:
-        return False
-    tolerance = expected.get("tolerance", 0.0)
-    comparison = expected.get("comparison", ">=")
-    if comparison == ">=":
-        return achieved >= expected.value - tolerance
-    if comparison == "<=":
-        return achieved <= expected.value + tolerance
-    return abs(achieved - expected.value) <= tolerance
-
-
 def results(
     config: ml_collections.ConfigDict,
     step: int,
@@ -140,13 +125,13 @@ def results(
     **extra: Any,
 ) -> dict[str, Any]:
     """The results.json record (the contract that sweeps and reports read)."""
-    expected = config.expected.to_dict() if config.expected.get("metric") else None
+    target = Expected.from_fields(config.expected)
     return {
         "experiment": config.experiment,
         "step": step,
         "wall_s": round(wall_s, 3),
         "metrics": metrics,
-        "expected": expected,
-        "expected_met": expected_met(config.expected, metrics),
+        "expected": target.record() if target else None,
+        "expected_met": target.met(metrics) if target else None,
         **extra,
     }

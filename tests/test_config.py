@@ -5,11 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import ml_collections
 import pytest
 
 from research import config as cfg
-from research import workdir
+from research.expected import Expected
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p for p in (ROOT / "experiments").glob("*.py") if not p.name.startswith("_"))
@@ -99,19 +98,21 @@ def test_every_experiment_is_documented_and_complete(path):
 
 
 def test_expected_check():
-    e = ml_collections.ConfigDict(
-        dict(metric="test/accuracy", value=0.9, tolerance=0.01, comparison=">=")
+    fields = dict(metric="test/accuracy", value=0.9, tolerance=0.01, comparison=">=")
+    at_least = Expected.from_fields(fields)
+    assert at_least.met({"test/accuracy": 0.895}) is True
+    assert at_least.met({"test/accuracy": 0.88}) is False
+    assert at_least.met({}) is False
+    at_most = Expected.from_fields(fields | {"comparison": "<="})
+    assert at_most.met({"test/accuracy": 0.905}) is True
+    assert at_most.met({"test/accuracy": 0.92}) is False
+    assert (
+        Expected.from_fields(fields | {"comparison": "within"}).met({"test/accuracy": 0.92})
+        is False
     )
-    assert workdir.expected_met(e, {"test/accuracy": 0.895}) is True
-    assert workdir.expected_met(e, {"test/accuracy": 0.88}) is False
-    assert workdir.expected_met(e, {}) is False
-    e.comparison = "<="
-    assert workdir.expected_met(e, {"test/accuracy": 0.905}) is True
-    assert workdir.expected_met(e, {"test/accuracy": 0.92}) is False
-    e.comparison = "within"
-    assert workdir.expected_met(e, {"test/accuracy": 0.92}) is False
-    e.metric = ""
-    assert workdir.expected_met(e, {"test/accuracy": 0.92}) is None
+    assert Expected.from_fields(fields | {"metric": ""}) is None
+    # A results.json record from before `comparison` was stored reads with the declared default.
+    assert Expected.from_fields({"metric": "test/accuracy", "value": 0.9}).comparison == ">="
 
 
 def launch(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:

@@ -16,7 +16,7 @@ from scipy import stats as scipy_stats
 import launch
 from research import local, report, slurm, stats
 from research import sweep as sw
-from research.config import ConfigError
+from research.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = "experiments/digits_cnn.py:smoke"  # 2 cells (baseline, sgd_momentum) x 2 seeds.

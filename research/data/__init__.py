@@ -19,9 +19,9 @@ from collections.abc import Callable
 
 import ml_collections
 
-from research.config import ConfigError
 from research.data import pipeline, sources, text
-from research.data.sources import DatasetInfo, DatasetUnavailable
+from research.data.sources import DatasetInfo
+from research.errors import ConfigError, DatasetUnavailable
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from research.data import digits  # noqa: F401  (registers the "digits" builder with TFDS)
+from research.errors import DatasetUnavailable
 
 MOCK_NUM_EXAMPLES = 512
 
@@ -33,10 +34,6 @@ IN_MEMORY_MAX_BYTES = 2 * 2**30
 
 # ArrayRecord is the TFDS format with random access, which grain's global shuffle needs.
 _BUILDER_KWARGS = dict(file_format="array_record")
-
-
-class DatasetUnavailable(RuntimeError):
-    """The dataset is neither prepared in data.data_dir nor preparable here; says what to do."""
 
 
 @dataclasses.dataclass(frozen=True)

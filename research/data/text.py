@@ -34,8 +34,8 @@ import grain
 import ml_collections
 import numpy as np
 
-from research.config import ConfigError
 from research.data import pipeline, sources, text_file, tokenizers
+from research.errors import ConfigError, DatasetUnavailable
 
 
 def tokenizer(data_config: ml_collections.ConfigDict) -> tokenizers.Tokenizer:
@@ -148,7 +148,7 @@ def _source_key(data_config: ml_collections.ConfigDict) -> tuple:
         try:
             digest = text_file.content_digest(path)
         except OSError as e:
-            raise sources.DatasetUnavailable(
+            raise DatasetUnavailable(
                 f"data.path={path!r} cannot be read ({e.strerror}); give an existing text file "
                 "(a relative path is relative to the directory you launch from)"
             ) from None
@@ -162,7 +162,7 @@ def _open(key: tuple, split: str) -> Sequence[dict[str, Any]]:
             prepared = text_file.builder(path, data_dir or None)
         except Exception as e:
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise sources.DatasetUnavailable(
+            raise DatasetUnavailable(
                 f"could not prepare data.path={path!r} as a TFDS dataset ({type(e).__name__}: "
                 f"{reason}); it must be a UTF-8 text file"
             ) from e
@@ -194,7 +194,7 @@ def _tokenizer(key: tuple, kind: str) -> tokenizers.Tokenizer:
         # TFDS's split "all" is every split of the dataset: the char vocabulary of the whole text.
         return tokenizers.TOKENIZERS[kind].fit(_text(key, "all"))
     except RuntimeError as e:  # GPT-2's BPE files could not be fetched.
-        raise sources.DatasetUnavailable(str(e)) from None
+        raise DatasetUnavailable(str(e)) from None
 
 
 @functools.lru_cache(maxsize=16)

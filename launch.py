@@ -113,12 +113,12 @@ def main(argv: list[str]) -> int:
 
 def sweep_command(argv: list[str]) -> int:
     """`launch.py sweep`: run a sweep's unfinished runs locally, or write a SLURM job array."""
-    from research import local, slurm, sweep
     from research.errors import ConfigError
+    from research.sweeps import local, plan, slurm
 
     parser = argparse.ArgumentParser(
         prog="launch.py sweep",
-        description=sweep.__doc__,
+        description=plan.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -163,7 +163,7 @@ def sweep_command(argv: list[str]) -> int:
 
 def report_command(argv: list[str]) -> int:
     """`launch.py report`: tables and plots of finished runs (a sweep, a run, or several runs)."""
-    from research import report
+    from research.sweeps import report
 
     parser = argparse.ArgumentParser(
         prog="launch.py report",

@@ -14,7 +14,7 @@ Evaluation uses the test split; no checkpoint or hyper-parameter is selected on 
 import ml_collections
 
 from research.config import defaults, parse_arg
-from research.sweep import Sweep, ablation
+from research.sweeps import Sweep, ablation
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -57,7 +57,7 @@ size).
 import ml_collections
 
 from research.config import ConfigError, defaults, parse_arg
-from research.sweep import Sweep, ablation
+from research.sweeps import Sweep, ablation
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -67,8 +67,23 @@ def _jsonable(value: Any) -> Any:
 
 
 def read_metrics(workdir: Path) -> list[dict[str, Any]]:
-    """All records of a run's metrics.jsonl."""
+    """All records of a run's metrics.jsonl, less a torn last line (a crash mid-write).
+
+    Raises ValueError naming the line if an earlier line is not JSON (the file is damaged).
+    """
     path = Path(workdir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text().splitlines()
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if i == last:  # Dropped on resume too (`_step_of`).
+                break
+            raise ValueError(f"line {i + 1} is not valid JSON") from None
+    return records

@@ -1,6 +1,8 @@
 """Sweeps: cell expansion, the resumable runner, SLURM scripts, report statistics, end to end."""
 
+import ast
 import csv
+import graphlib
 import io
 import json
 import os
@@ -14,9 +16,9 @@ import pytest
 from scipy import stats as scipy_stats
 
 import launch
-from research import local, report, slurm, stats
-from research import sweep as sw
 from research.errors import ConfigError
+from research.sweeps import local, report, runs, slurm, stats
+from research.sweeps import plan as sw
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = "experiments/digits_cnn.py:smoke"  # 2 cells (baseline, sgd_momentum) x 2 seeds.
@@ -143,7 +145,7 @@ def test_an_invalid_cell_fails_the_whole_sweep_before_anything_runs(tmp_path, fa
         textwrap.dedent(
             """
             from experiments.digits_cnn import get_config
-            from research.sweep import ablation
+            from research.sweeps import ablation
 
             def sweep(arg=None):
                 return ablation({}, {"ok": {"train.steps": 500}, "typo": {"optimizer.lr": 0.1}})
@@ -176,8 +178,8 @@ def test_runner_skips_finished_runs_and_reruns_a_failed_one(tmp_path, fake_launc
         "baseline/seed_0", "baseline/seed_1", "sgd_momentum/seed_0", "sgd_momentum/seed_1",
     ]  # fmt: skip
     plan = sw.plan(SMOKE, sweep_dir, launcher=fake_launcher)
-    assert [sw.status(r) for r in plan.runs] == ["done", "done", "done", "failed"]
-    cell = sw.read_cell(failing)
+    assert [runs.status(r.workdir) for r in plan.runs] == ["done", "done", "done", "failed"]
+    cell = runs.read_cell(failing)
     assert [a["exit_code"] for a in cell["attempts"]] == [1]
     assert cell["overrides"] == {
         "optimizer.name": "sgd", "optimizer.learning_rate": "0.1", "train.seed": "1",
@@ -186,7 +188,7 @@ def test_runner_skips_finished_runs_and_reruns_a_failed_one(tmp_path, fake_launc
 
     assert run() == 0  # Only the failed run again.
     assert calls(sweep_dir)[4:] == ["sgd_momentum/seed_1"]
-    assert [a["exit_code"] for a in sw.read_cell(failing)["attempts"]] == [1, 0]
+    assert [a["exit_code"] for a in runs.read_cell(failing)["attempts"]] == [1, 0]
 
     out = io.StringIO()
     assert local.run_sweep(SMOKE, sweep_dir, launcher=fake_launcher, out=out, poll_s=0.02) == 0
@@ -198,8 +200,8 @@ def test_interrupted_runs_are_resumed_with_the_same_command(tmp_path, fake_launc
     plan = sw.plan(SMOKE, tmp_path / "sw", launcher=fake_launcher)
     sw.write_plan(plan, plan.runs)
     (plan.runs[0].workdir / "checkpoints").mkdir()
-    assert sw.status(plan.runs[0]) == "interrupted"
-    assert sw.read_cell(plan.runs[0].workdir)["command"] == list(plan.runs[0].command)
+    assert runs.status(plan.runs[0].workdir) == "interrupted"
+    assert runs.read_cell(plan.runs[0].workdir)["command"] == list(plan.runs[0].command)
 
 
 def test_a_workdir_made_with_other_overrides_is_refused(tmp_path, fake_launcher):
@@ -364,7 +366,7 @@ def test_plain_runs_group_when_they_differ_only_in_seed(tmp_path):
         (path / "provenance.json").write_text(json.dumps({"command": command}))
         results = {"wall_s": 1.0, "metrics": {"test/accuracy": accuracy}, "expected": None}
         (path / "results.json").write_text(json.dumps(results))
-    cells = report.group([report.load_run(p) for p in report.find_runs([tmp_path])])
+    cells = runs.group([runs.load_run(p) for p in runs.find_runs([tmp_path])])
     assert [(c.name, c.values("test/accuracy")) for c in cells] == [
         ("x optimizer.learning_rate=0.1", [0.9, 0.8]),
         ("x optimizer.learning_rate=0.3", [0.7]),
@@ -373,6 +375,69 @@ def test_plain_runs_group_when_they_differ_only_in_seed(tmp_path):
         report.report([tmp_path / "a0", tmp_path / "b0"])
     text = report.report([tmp_path / "a0"])  # A single run: one row, no baseline delta.
     assert "| x optimizer.learning_rate=0.1 (baseline) | optimizer.learning_rate=0.1 | 1 |" in text
+
+
+def test_report_skips_unreadable_runs_in_one_line_each_and_reports_the_rest(
+    hand_made_sweep, tmp_path, capsys
+):
+    sw_dir = hand_made_sweep
+    (sw_dir / "wide" / "seed_2" / "config.json").write_text('{"experiment": "x", "tra')
+    (sw_dir / "baseline" / "seed_1" / "results.json").write_text("not json\n")
+    metrics = sw_dir / "deep" / "seed_0" / "metrics.jsonl"  # Damaged before its last line.
+    metrics.write_text('{"step": 5, "spl\n' + metrics.read_text())
+    # A crash mid-write tears the last line: ignored, and the runs are still reported.
+    for torn in (sw_dir / "deep" / "seed_1", sw_dir / "deep" / "seed_2"):
+        with (torn / "metrics.jsonl").open("a") as f:
+            f.write('{"step": 12, "split": "tr')
+
+    assert launch.main(["report", str(sw_dir), f"--out={tmp_path / 'out'}"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        f"skipping {sw_dir}/baseline/seed_1: results.json is not valid JSON",
+        f"skipping {sw_dir}/wide/seed_2: config.json is not valid JSON",
+        f"skipping {sw_dir}/deep/seed_0: metrics.jsonl line 1 is not valid JSON",
+    ]
+    assert "Traceback" not in captured.out + captured.err
+    with (tmp_path / "out" / "table.csv").open() as f:
+        table = {row["cell"]: row for row in csv.DictReader(f)}
+    assert {cell: (row["n"], row["seeds"]) for cell, row in table.items()} == {
+        "baseline": ("2", "0 2"), "wide": ("2", "0 1"), "deep": ("1", "1"),
+    }  # fmt: skip
+    assert float(table["deep"]["test/accuracy mean"]) == pytest.approx(ACCURACY["deep"][1])
+    assert f"{sw_dir}/deep/seed_2 (interrupted at step 5)" in captured.out
+
+
+def test_report_with_no_readable_run_is_one_error_line(tmp_path, capsys):
+    make_run(tmp_path / "a", "baseline", 0, 0.9, {"train.seed": "0"})
+    (tmp_path / "a" / "config.json").write_text("{")
+    assert launch.main(["report", str(tmp_path / "a")]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"skipping {tmp_path}/a: config.json is not valid JSON",
+        f"error: none of the 1 run(s) under {tmp_path}/a could be read (see the lines above)",
+    ]
+    with pytest.raises(ConfigError, match="could be read"):
+        report.report([tmp_path / "a"])
+
+
+def test_sweeps_modules_import_downward_only():
+    """No import cycle inside research/sweeps (plots once imported report, which imports plots)."""
+    package = ROOT / "research" / "sweeps"
+    modules = {p.stem for p in package.glob("*.py")} - {"__init__"}
+    imports = {}
+    for name in modules:
+        tree = ast.parse((package / f"{name}.py").read_text())
+        found = set()
+        for node in ast.walk(tree):
+            module = getattr(node, "module", None) or ""  # ast.ImportFrom: from <module> import
+            if module == "research.sweeps":
+                found |= {a.name for a in node.names}
+            elif module.startswith("research.sweeps."):
+                found.add(module.rpartition(".")[2])
+        imports[name] = found & modules
+    assert imports["runs"] == set() and imports["stats"] == set()
+    assert "report" not in imports["plots"]
+    order = list(graphlib.TopologicalSorter(imports).static_order())  # Raises on a cycle.
+    assert set(order) == modules
 
 
 # ---------------------------------------------------------------------------------------------

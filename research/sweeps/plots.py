@@ -4,18 +4,12 @@ curves.png: train and eval curves per cell, mean over seeds with the min-max ban
 bars_<metric>.png: the chosen metric per cell, mean and 95% t-interval, one dot per seed.
 """
 
-from __future__ import annotations
-
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from research import stats
-from research.writer import read_metrics
-
-if TYPE_CHECKING:  # report.py imports this module; Cell is only an annotation here.
-    from research.report import Cell
+from research.sweeps import stats
+from research.sweeps.runs import Cell
 
 
 def _pyplot():
@@ -33,7 +27,7 @@ def curve(
     """Steps, mean, min and max over the cell's seeds of `name` in `split` records."""
     by_step: dict[int, list[float]] = {}
     for run in cell.runs:
-        for record in read_metrics(run.path):
+        for record in run.metrics:
             value = record.get(name)
             if record["split"] == split and isinstance(value, int | float):
                 by_step.setdefault(record["step"], []).append(float(value))

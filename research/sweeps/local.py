@@ -1,15 +1,15 @@
 """Running a sweep's plan on this machine: N processes at a time, with progress and an ETA.
 
-`run_sweep` launches the unfinished runs of `research.sweep.plan(...)` as local processes
+`run_sweep` launches the unfinished runs of `research.sweeps.plan.plan(...)` as local processes
 (`launch.py train`, each with its own workdir and log), records every attempt in the run's
-cell.json, and prints one line per finished run and a status line. Runs with results.json are skipped, and
-interrupted ones resume from their checkpoints, so the same call can always be repeated.
-research/slurm.py writes the same plan as a SLURM job array instead.
+cell.json, and prints one line per finished run and a status line. Runs with results.json are
+skipped (research/sweeps/runs.py `status`), and interrupted ones resume from their checkpoints,
+so the same call can always be repeated. research/sweeps/slurm.py writes the same plan as a SLURM
+job array instead.
 """
 
 import collections
 import datetime
-import json
 import subprocess
 import sys
 import time
@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import TextIO
 
 from research.errors import ConfigError
-from research.sweep import Run, cell_dirname, plan, read_cell, status, write_plan
+from research.sweeps.plan import Run, plan, write_plan
+from research.sweeps.runs import cell_dirname, read_cell, read_results, status
 from research.workdir import write_json
 
 
@@ -39,7 +40,7 @@ def run_sweep(
     if parallel < 1:
         raise ConfigError(f"--parallel={parallel}: run at least one process at a time")
     the_plan = plan(spec, workdir, launcher)
-    states = {run: status(run) for run in the_plan.runs}
+    states = {run: status(run.workdir) for run in the_plan.runs}
     todo = [run for run in the_plan.runs if states[run] != "done"]
     write_plan(the_plan, todo)
     counts = collections.Counter(states.values())
@@ -65,7 +66,7 @@ def run_sweep(
                 run, started = running.pop(proc)
                 seconds = time.time() - started
                 _record_attempt(run, started, seconds, proc.returncode)
-                ok = proc.returncode == 0 and status(run) == "done"
+                ok = proc.returncode == 0 and status(run.workdir) == "done"
                 progress.finished(run, seconds, ok, _outcome(run, proc.returncode, ok))
     except KeyboardInterrupt:
         for proc, (run, started) in running.items():
@@ -109,7 +110,7 @@ def _record_attempt(run: Run, started: float, seconds: float, exit_code: int | N
 def _outcome(run: Run, exit_code: int, ok: bool) -> str:
     """What to show when a run ends: its headline metric, or why it failed."""
     if ok:
-        metrics = json.loads((run.workdir / "results.json").read_text())["metrics"]
+        metrics = read_results(run.workdir)["metrics"]
         shown = [k for k in metrics if k.startswith("test/")][:2]
         return "  ".join(f"{k} {metrics[k]:.4f}" for k in shown)
     lines = (run.workdir / "launch.log").read_text(errors="replace").strip().splitlines()

@@ -1,11 +1,12 @@
 """Ablation reports: one row per cell with seeds aggregated, deltas vs the baseline, paper checks, plots.
 
-    python launch.py report sweeps/digits                    # a sweep (research/sweep.py)
+    python launch.py report sweeps/digits                    # a sweep (research/sweeps/plan.py)
     python launch.py report runs/a runs/b --out=reports/ab   # any run workdirs, or a single one
 
 Runs are the directories holding a config.json (searched recursively). Runs of a sweep are grouped
-by their cell (cell.json); other runs are grouped when their configs differ only in `train.seed`.
-The baseline is the sweep's first cell, or else the first group. Writes into --out (default:
+by their cell (cell.json); other runs are grouped when their configs differ only in `train.seed`
+(research/sweeps/runs.py). The baseline is the sweep's first cell, or else the first group. A run
+whose files cannot be read is skipped with one line on stderr. Writes into --out (default:
 <path>/report) and prints report.md:
 
     report.md        the table (Markdown), expected-result checks, unfinished runs
@@ -14,163 +15,21 @@ The baseline is the sweep's first cell, or else the first group. Writes into --o
     curves.png       train and eval curves per cell: mean over seeds, min-max band shaded
     bars_<metric>.png  the chosen metric per cell: mean, 95% t-interval, one dot per seed
 
-Intervals are t-based (research/stats.py). Only runs with results.json enter the table; the curves
-include unfinished runs up to where they are.
+Intervals are t-based (research/sweeps/stats.py). Only runs with results.json enter the table; the
+curves include unfinished runs up to where they are.
 """
 
 import csv
-import dataclasses
-import json
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import ml_collections
-
-from research import plots, stats
 from research.errors import ConfigError
-from research.sweep import SEED_KEY, cell_dirname
-from research.workdir import expected_met
-from research.writer import read_metrics
-
-
-@dataclasses.dataclass
-class RunRecord:
-    """What a run's workdir says about it."""
-
-    path: Path
-    config: dict[str, Any]
-    results: dict[str, Any] | None  # None until the run finishes.
-    cell: dict[str, Any] | None  # cell.json, for runs made by a sweep.
-    overrides: dict[str, str]  # Command-line overrides, without the seed.
-
-    @property
-    def seed(self) -> int:
-        return self.config.get("train", {}).get("seed", 0)
-
-
-@dataclasses.dataclass
-class Cell:
-    """Runs that differ only in their seed: one row of the table."""
-
-    name: str
-    overrides: dict[str, str]
-    runs: list[RunRecord]
-
-    @property
-    def finished(self) -> list[RunRecord]:
-        return [r for r in self.runs if r.results is not None]
-
-    def values(self, metric: str) -> list[float]:
-        return [
-            float(r.results["metrics"][metric])
-            for r in self.finished
-            if metric in r.results["metrics"]
-        ]
-
-
-# ---------------------------------------------------------------------------------------------
-# Finding and grouping runs.
-# ---------------------------------------------------------------------------------------------
-
-
-def find_runs(paths: Sequence[str | Path]) -> list[Path]:
-    """Run workdirs named by `paths`: each path is a run or a directory of runs (e.g. a sweep).
-
-    A sweep's runs come in its plan's order (sweep.json), others in path order.
-    """
-    found: list[Path] = []
-    for path in map(Path, paths):
-        if not path.is_dir():
-            raise ConfigError(f"{path} is not a directory; pass a run or sweep workdir")
-        if (path / "config.json").exists() or (path / "cell.json").exists():
-            runs = [path]
-        else:
-            runs = sorted(
-                {
-                    p.parent
-                    for name in ("config.json", "cell.json")
-                    for p in path.rglob(name)
-                    if "checkpoints" not in p.relative_to(path).parts
-                }
-            )
-            order = _plan_order(path)
-            runs.sort(key=lambda r: order.get(r.resolve(), len(order)))
-        if not runs:
-            raise ConfigError(f"{path} holds no runs (no config.json under it)")
-        found += [r for r in runs if r not in found]
-    return found
-
-
-def _plan_order(sweep_dir: Path) -> dict[Path, int]:
-    """Run directory -> position in the sweep's plan (cells in declared order, then seeds)."""
-    plan = sweep_dir / "sweep.json"
-    if not plan.exists():
-        return {}
-    runs = json.loads(plan.read_text())["runs"]
-    return {
-        (sweep_dir / cell_dirname(r["cell"]) / f"seed_{r['seed']}").resolve(): i
-        for i, r in enumerate(runs)
-    }
-
-
-def load_run(path: Path) -> RunRecord:
-    read = lambda name: json.loads((path / name).read_text()) if (path / name).exists() else None
-    cell = read("cell.json")
-    config = read("config.json") or {}
-    if cell is not None:
-        overrides = dict(cell["overrides"])
-        if not config:  # Planned but never started: its seed is in the plan.
-            config = {"train": {"seed": cell["seed"]}}
-    else:
-        command = (read("provenance.json") or {}).get("command") or []
-        overrides = dict(
-            a[len("--config.") :].split("=", 1)
-            for a in command
-            if a.startswith("--config.") and "=" in a
-        )
-    overrides.pop(SEED_KEY, None)
-    return RunRecord(path, config, read("results.json"), cell, overrides)
-
-
-def group(runs: Sequence[RunRecord]) -> list[Cell]:
-    """Cells in order of first appearance; a sweep's runs by cell, others by config minus seed."""
-    cells: dict[tuple, Cell] = {}
-    for run in runs:
-        if run.cell is not None:
-            key = ("sweep", str(run.path.resolve().parent.parent), run.cell["cell"])
-            name = run.cell["cell"]
-        else:
-            config = json.loads(json.dumps(run.config))
-            config.get("train", {}).pop("seed", None)
-            key = ("config", json.dumps(config, sort_keys=True))
-            name = _label(run)
-        if key not in cells:
-            cells[key] = Cell(name, run.overrides, [])
-        cells[key].runs.append(run)
-    names = [c.name for c in cells.values()]
-    for key, cell in cells.items():
-        if names.count(cell.name) > 1:  # Same name in two sweeps, or two unlabeled runs.
-            cell.name = (
-                f"{Path(key[1]).name}/{cell.name}" if key[0] == "sweep" else str(cell.runs[0].path)
-            )
-    return list(cells.values())
-
-
-def _label(run: RunRecord) -> str:
-    experiment = run.config.get("experiment") or run.path.name
-    return " ".join([experiment, *(f"{k}={v}" for k, v in run.overrides.items())])
-
-
-def baseline_of(cells: Sequence[Cell]) -> Cell:
-    """The cell a sweep declared as its baseline (its first), else the first cell."""
-    for cell in cells:
-        for run in cell.runs:
-            if run.cell is not None and run.cell.get("baseline") == run.cell["cell"]:
-                return cell
-    return cells[0]
-
+from research.expected import Expected
+from research.sweeps import plots, runs, stats
+from research.sweeps.runs import Cell, RunRecord, cell_dirname
 
 # ---------------------------------------------------------------------------------------------
 # The table.
@@ -191,8 +50,8 @@ def choose_metric(cells: Sequence[Cell], baseline: Cell, metric: str | None) -> 
     if not names:
         raise ConfigError("no run has finished (no results.json); nothing to report yet")
     if metric is None:
-        expected = [r.results["expected"] for r in baseline.finished if r.results.get("expected")]
-        metric = expected[0]["metric"] if expected else None
+        targets = _targets(baseline)
+        metric = targets[0].metric if targets else None
     if metric is None:
         metric = "test/accuracy" if "test/accuracy" in names else names[0]
     if metric not in names:
@@ -285,28 +144,33 @@ def write_csv(path: Path, table: list[dict[str, Any]], metrics: list[str]) -> No
 # ---------------------------------------------------------------------------------------------
 
 
+def _targets(cell: Cell) -> list[Expected]:
+    """The targets the cell's finished runs declare (results.json `expected`)."""
+    targets = [Expected.from_fields(r.results.get("expected")) for r in cell.finished]
+    return [t for t in targets if t is not None]
+
+
 def checks(cells: Sequence[Cell]) -> list[dict[str, Any]]:
     """Per cell whose runs declare `expected`: the mean over seeds against the target."""
     found = []
     for cell in cells:
-        declared = [r.results["expected"] for r in cell.finished if r.results.get("expected")]
-        if not declared:
+        targets = _targets(cell)
+        if not targets:
             continue
-        expected = declared[0]
-        achieved = stats.summarize(cell.values(expected["metric"]))
-        met = expected_met(ml_collections.ConfigDict(expected), {expected["metric"]: achieved.mean})
+        target = targets[0]
+        achieved = stats.summarize(cell.values(target.metric))
         seeds_met = sum(bool(r.results.get("expected_met")) for r in cell.finished)
         found.append(
             {
                 "cell": cell.name,
-                "metric": expected["metric"],
+                "metric": target.metric,
                 "achieved": achieved,
-                "comparison": expected.get("comparison", ">="),
-                "expected": expected["value"],
-                "tolerance": expected.get("tolerance", 0.0),
+                "comparison": target.comparison,
+                "expected": target.value,
+                "tolerance": target.tolerance,
                 "seeds_met": f"{seeds_met}/{len(cell.finished)}",
-                "verdict": "PASS" if met else "FAIL",
-                "source": expected.get("source", ""),
+                "verdict": "PASS" if target.met({target.metric: achieved.mean}) else "FAIL",
+                "source": target.source,
             }
         )
     return found
@@ -384,9 +248,8 @@ def report(
     if out is None and len(paths) > 1:
         raise ConfigError("several workdirs: say where the report goes with --out=DIR")
     out = Path(out) if out is not None else Path(paths[0]) / "report"
-    runs = [load_run(p) for p in find_runs(paths)]
-    cells = group(runs)
-    baseline = baseline_of(cells)
+    cells = runs.group(load_readable(paths))
+    baseline = runs.baseline_of(cells)
     cells = [baseline, *(c for c in cells if c is not baseline)]
     metric = choose_metric(cells, baseline, metric)
     metrics = metric_names(cells)
@@ -425,19 +288,33 @@ def report(
         text += ["", "## Expected results", "", markdown_checks(found)]
     unfinished = [r for c in cells for r in c.runs if r.results is None]
     if unfinished:
-        text += ["", "Not finished (not in the table): " + ", ".join(_state(r) for r in unfinished)]
+        text += ["", "Not finished (not in the table): " + ", ".join(map(_unfinished, unfinished))]
     text += ["", "Files: " + ", ".join(files)]
     (out / "report.md").write_text("\n".join(text) + "\n")
     return "\n".join(text) + f"\n\nwrote {out}/{{{','.join(files)}}}"
 
 
-def _state(run: RunRecord) -> str:
-    steps = [r["step"] for r in read_metrics(run.path)]
-    attempts = (run.cell or {}).get("attempts", [])
-    if attempts and (attempts[-1].get("exit_code") or 0) > 0:
-        state = f"failed, exit {attempts[-1]['exit_code']}"
-    elif (run.path / "checkpoints").exists():
-        state = f"interrupted at step {max(steps) if steps else 0}"
-    else:
-        state = "not started"
+def load_readable(paths: Sequence[str | Path]) -> list[RunRecord]:
+    """The runs under `paths`, each unreadable one skipped with one line on stderr."""
+    found, records = runs.find_runs(paths), []
+    for path in found:
+        try:
+            records.append(runs.load_run(path))
+        except ConfigError as e:  # Names the run and the file.
+            print(f"skipping {e}", file=sys.stderr)
+    if not records:
+        raise ConfigError(
+            f"none of the {len(found)} run(s) under {', '.join(map(str, paths))} could be read "
+            "(see the lines above)"
+        )
+    return records
+
+
+def _unfinished(run: RunRecord) -> str:
+    """The run and where it stopped, e.g. "runs/x (interrupted at step 500)"."""
+    state = {
+        "failed": f"failed, exit {run.exit_code}",
+        "interrupted": f"interrupted at step {run.last_step}",
+        "pending": "not started",
+    }[run.status]
     return f"{run.path} ({state})"

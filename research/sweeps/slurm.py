@@ -3,7 +3,8 @@
     python launch.py sweep --config=experiments/x.py --workdir=sweeps/x --slurm [--submit]
 
 writes sweeps/x/slurm/sweep.sbatch. Task i runs exactly the `launch.py train` command the local
-runner would (research/sweep.py), so the workdirs, resume and `launch.py report` are the same.
+runner would (both take it from research/sweeps/plan.py), so the workdirs, resume and
+`launch.py report` are the same.
 Runs already finished are left out; after the job (or after a time limit cut tasks short), the same
 command writes a script for whatever is left, and relaunched tasks resume from their checkpoints.
 """
@@ -13,13 +14,14 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from research import sweep as sweeps
 from research.errors import ConfigError
+from research.sweeps.plan import Plan, Run, plan, write_plan
+from research.sweeps.runs import status
 
 
 def script(
-    the_plan: sweeps.Plan,
-    runs: Sequence[sweeps.Run],
+    the_plan: Plan,
+    runs: Sequence[Run],
     *,
     throttle: int | None,
     options: Sequence[str],
@@ -66,12 +68,12 @@ def write(
 
     `parallel` caps how many array tasks run at once (`--array=0-N%parallel`); None = no cap.
     """
-    the_plan = sweeps.plan(spec, workdir, launcher)
-    runs = [run for run in the_plan.runs if sweeps.status(run) != "done"]
+    the_plan = plan(spec, workdir, launcher)
+    runs = [run for run in the_plan.runs if status(run.workdir) != "done"]
     if not runs:
         print(f"all {len(the_plan.runs)} runs of {spec} are done; nothing to submit")
         return None
-    sweeps.write_plan(the_plan, runs)
+    write_plan(the_plan, runs)
     path = the_plan.workdir / "slurm" / "sweep.sbatch"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(script(the_plan, runs, throttle=parallel, options=options, cwd=Path.cwd()))

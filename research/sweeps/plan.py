@@ -1,4 +1,4 @@
-"""Sweeps: cells declared in experiment files, each run as an ordinary, resumable run.
+"""Declaring and planning a sweep: cells in experiment files, each run as an ordinary run.
 
 An experiment file may define `sweep(arg=None) -> Sweep`. A *cell* is a named set of config
 overrides (one row of the report); the first cell is the baseline. Every cell runs once per seed,
@@ -23,16 +23,16 @@ A sweep's workdir:
     <cell>/seed_<s>/cell.json     the cell, its overrides, its command, and the runner's attempts
     <cell>/seed_<s>/launch.log    the run's output, appended per attempt
 
-research/local.py runs the unfinished runs as local processes, N at a time: runs with results.json
-are skipped, interrupted ones resume from their checkpoints (relaunching the same command does
-that) and failed ones run again. research/slurm.py writes the same runs as a SLURM job array.
+`plan` validates every run's config before anything is written; `write_plan` writes sweep.json
+and the cell.json files. research/sweeps/local.py runs the unfinished runs as local processes, N at
+a time: runs with results.json are skipped, interrupted ones resume from their checkpoints
+(relaunching the same command does that) and failed ones run again. research/sweeps/slurm.py
+writes the same runs as a SLURM job array. Their status comes from research/sweeps/runs.py.
 """
 
 import dataclasses
 import itertools
-import json
 import os
-import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -40,11 +40,10 @@ from typing import Any
 
 from research.config import build_config, experiment_module
 from research.errors import ConfigError
+from research.sweeps.runs import SEED_KEY, cell_dirname, read_cell, run_dir
 from research.workdir import write_json
 
-LAUNCH = Path(__file__).resolve().parents[1] / "launch.py"
-SEED_KEY = "train.seed"
-_UNSAFE_IN_PATH = re.compile(r"[^A-Za-z0-9._=,+-]")
+LAUNCH = Path(__file__).resolve().parents[2] / "launch.py"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,11 +164,6 @@ def override_text(value: Any) -> str:
     return repr(value)
 
 
-def cell_dirname(name: str) -> str:
-    """A cell's directory name: its name with characters unsafe in paths replaced by "_"."""
-    return _UNSAFE_IN_PATH.sub("_", name)
-
-
 # ---------------------------------------------------------------------------------------------
 # Planning: experiment file -> validated runs with their commands and workdirs.
 # ---------------------------------------------------------------------------------------------
@@ -227,14 +221,14 @@ def load_sweep(spec: str) -> Sweep:
     module = experiment_module(spec)
     if not callable(getattr(module, "sweep", None)):
         raise ConfigError(
-            f"{path} defines no sweep(arg=None); see experiments/digits_cnn.py and research/sweep.py"
+            f"{path} defines no sweep(arg=None); see experiments/digits_cnn.py and research/sweeps/plan.py"
         )
     try:
         sweep = module.sweep(arg or None)
     except (ValueError, KeyError) as e:
         raise ConfigError(f"{spec}: sweep(): {e}") from None
     if not isinstance(sweep, Sweep):
-        raise ConfigError(f"{path}: sweep() must return a research.sweep.Sweep (see its helpers)")
+        raise ConfigError(f"{path}: sweep() must return a research.sweeps.Sweep (see its helpers)")
     return sweep
 
 
@@ -257,15 +251,15 @@ def plan(spec: str, workdir: str | Path, launcher: Sequence[str] | None = None) 
                 build_config(config_spec, overrides)
             except ConfigError as e:
                 raise ConfigError(f"sweep cell {name!r}: {e}") from None
-            run_dir = workdir / cell_dirname(name) / f"seed_{seed}"
+            directory = run_dir(workdir, name, seed)
             command = (
                 *launcher,
                 "train",
                 f"--config={config_spec}",
-                f"--workdir={run_dir}",
+                f"--workdir={directory}",
                 *(f"--config.{k}={v}" for k, v in overrides.items()),
             )
-            runs.append(Run(name, seed, overrides, run_dir, command))
+            runs.append(Run(name, seed, overrides, directory, command))
     for run in runs:
         _check_same_cell(run, config_spec)
     return Plan(spec, config_spec, sweep, workdir, runs)
@@ -286,24 +280,6 @@ def _check_same_cell(run: Run, config_spec: str) -> None:
             f"but the sweep now declares {config_spec} with {run.overrides}; "
             "use a fresh --workdir or delete that directory"
         )
-
-
-def read_cell(run_dir: Path) -> dict[str, Any] | None:
-    """A run's cell.json, or None for a run not made by a sweep."""
-    path = Path(run_dir) / "cell.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def status(run: Run) -> str:
-    """done (results.json), failed (last attempt's exit), interrupted (checkpoints), or pending."""
-    if (run.workdir / "results.json").exists():
-        return "done"
-    attempts = (read_cell(run.workdir) or {}).get("attempts", [])
-    if attempts and (attempts[-1].get("exit_code") or 0) > 0:  # < 0: killed by a signal.
-        return "failed"
-    if (run.workdir / "checkpoints").exists():
-        return "interrupted"
-    return "pending"
 
 
 def write_plan(plan: Plan, runs: Iterable[Run]) -> None:

@@ -7,24 +7,38 @@
     python launch.py report sweeps/digits          # also: a run, or several run workdirs --out=DIR
     python launch.py sample --workdir=runs/shakespeare --prompt="ROMEO:"   # text from an LM run
 
-`sweep` runs the cells an experiment's `sweep()` declares (research/sweep.py), or with --slurm
-writes them as a SLURM job array (research/slurm.py); `report` tabulates and plots finished runs
-(research/report.py). `launch.py sweep -h` and `launch.py report -h` list their flags.
+Relaunching a workdir resumes its run; if the config differs in more than how long and how often
+it logs, evaluates and saves, the launch is refused: use a fresh --workdir, or
+`--fork_from=OLD --workdir=NEW` to start a new run from OLD's latest checkpoint (research/workdir.py).
 
-Mistakes (unknown key, wrong type, invalid value, missing file or data, a workdir holding another
-experiment) print one line starting with "error:" and exit with status 2 before anything compiles.
+`sweep` runs the cells an experiment's `sweep()` declares (research/sweeps/), or with --slurm
+writes them as a SLURM job array; `report` tabulates and plots finished runs.
+`launch.py sweep -h` and `launch.py report -h` list their flags.
+
+Mistakes (unknown key, wrong type, invalid value, missing file or data, a workdir that is busy or
+holds a different run) print one line starting with "error:" and exit with status 2 before
+anything is compiled or written.
 """
 
 import argparse
 import logging
 import sys
 
+from research.errors import EXIT_HALTED, EXIT_USAGE, HALTING_ERRORS, USAGE_ERRORS, ConfigError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is our one-line error (exit 2), not a usage dump."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{self.prog}: {message} (see {self.prog} -h)")
+
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     """Split argv into launcher flags and `--config.*` overrides."""
     from research.config import parse_overrides
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
@@ -37,7 +51,10 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
         "--workdir", required=True, help="where checkpoints, metrics and results go"
     )
     parser.add_argument(
-        "--force", action="store_true", help="reuse a workdir that holds another experiment"
+        "--fork_from",
+        default=None,
+        metavar="OLD_WORKDIR",
+        help="start this (fresh) workdir from OLD_WORKDIR's latest checkpoint, with this config",
     )
     parser.add_argument(
         "--stop_after_step",
@@ -61,6 +78,10 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
         help="if a process dies, the others stop within about this many seconds",
     )
     args, rest = parser.parse_known_args(argv)
+    if not args.workdir.strip():  # An unset shell variable: never train into the current dir.
+        raise ConfigError("--workdir is empty; give the directory the run should use")
+    if args.stop_after_step is not None and args.stop_after_step < 1:
+        raise ConfigError(f"--stop_after_step={args.stop_after_step}: give a step >= 1")
     return args, parse_overrides(rest)
 
 
@@ -69,7 +90,6 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("research").setLevel(logging.INFO)
     from research.config import build_config, validate
-    from research.errors import EXIT_HALTED, EXIT_USAGE, HALTING_ERRORS, USAGE_ERRORS
 
     try:
         if argv[:1] == ["sweep"]:
@@ -98,8 +118,8 @@ def main(argv: list[str]) -> int:
             config,
             args.workdir,
             argv=[sys.argv[0], *argv],
-            force=args.force,
             stop_after_step=args.stop_after_step,
+            fork_from=args.fork_from,
         )
     except USAGE_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
@@ -113,10 +133,9 @@ def main(argv: list[str]) -> int:
 
 def sweep_command(argv: list[str]) -> int:
     """`launch.py sweep`: run a sweep's unfinished runs locally, or write a SLURM job array."""
-    from research.errors import ConfigError
     from research.sweeps import local, plan, slurm
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="launch.py sweep",
         description=plan.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -165,7 +184,7 @@ def report_command(argv: list[str]) -> int:
     """`launch.py report`: tables and plots of finished runs (a sweep, a run, or several runs)."""
     from research.sweeps import report
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="launch.py report",
         description=report.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -188,7 +207,7 @@ def sample_command(argv: list[str]) -> int:
     """`launch.py sample`: print text sampled from a language-model run's newest checkpoint."""
     from research import sample
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="launch.py sample",
         description=sample.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

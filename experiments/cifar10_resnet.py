@@ -28,7 +28,7 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """He et al.'s CIFAR-10 recipe for ResNet-`depth`; variant `smoke` runs on mock data."""
-    variant = parse_arg(arg, depth=20, shortcut="A", smoke=False)
+    variant = parse_arg(arg, depth=20, shortcut="A")
     c = defaults()
     c.model = dict(name="resnet", depth=variant.depth, shortcut=variant.shortcut, num_classes=10)
     c.data.name = "cifar10"
@@ -65,15 +65,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.expected.tolerance = 0.005  # Run-to-run spread; the paper's 110-layer std is 0.16%.
         c.expected.comparison = ">="
         c.expected.source = f"He et al. 2016, Table 6 (ResNet-{variant.depth})"
-
-    if variant.smoke:  # ResNet-8 on mock CIFAR-10 (random images of the real shapes), a few steps.
-        c.model.depth = 8
-        c.data.mock = True
-        c.train.steps = 4
-        c.train.batch_size = 16
-        c.train.eval_batch_size = 64
-        c.train.log_every_steps = 2
-        c.train.eval_every_steps = 2
-        c.train.checkpoint_every_steps = 2
-        c.expected.metric = ""
     return c

@@ -18,7 +18,7 @@ from research.config import defaults, parse_arg
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """ResNet-`depth` (default 20) on digits; variant `smoke` is a few steps of ResNet-8."""
-    variant = parse_arg(arg, depth=20, shortcut="A", smoke=False)
+    variant = parse_arg(arg, depth=20, shortcut="A")
     c = defaults()
     c.model = dict(name="resnet", depth=variant.depth, shortcut=variant.shortcut, num_classes=10)
     c.data.name = "digits"
@@ -43,13 +43,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.expected.value = 0.98
     c.expected.comparison = ">="
     c.expected.source = "issue 2 target; SVC(gamma=0.001) scores 0.9889 on this split"
-
-    if variant.smoke:
-        c.model.depth = 8
-        c.train.steps = 6
-        c.schedule.boundaries = (3, 5)
-        c.train.log_every_steps = 2
-        c.train.eval_every_steps = 3
-        c.train.checkpoint_every_steps = 3
-        c.expected.metric = ""
     return c

@@ -56,13 +56,14 @@ size).
 
 import ml_collections
 
-from research.config import ConfigError, defaults, parse_arg
+from research.config import defaults, parse_arg
+from research.errors import ConfigError
 from research.sweeps import Sweep, ablation
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """nanoGPT's shakespeare_char recipe; variants `cpu` (its CPU recipe) and `smoke`."""
-    variant = parse_arg(arg, cpu=False, fp32=False, smoke=False)
+    variant = parse_arg(arg, cpu=False, fp32=False)
     if variant.fp32 and not variant.cpu:
         raise ConfigError("variant fp32 modifies cpu (the others are float32): use :cpu,fp32")
     c = defaults()
@@ -151,22 +152,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "shared/bench/torch_gpt.py on this machine, full-split eval, 3 seeds: 1.907 +/- 0.009 "
             "(nanoGPT README: 1.88, one run, 20-batch estimate); bench/parity/NOTES.md"
         )
-
-    if variant.smoke:
-        context = 16
-        # tfds's mock text: 512 random strings over " abcdefghij" per split, 11 characters.
-        c.data.mock = True
-        c.model.update(vocab_size=11, block_size=context, num_layers=1, num_heads=2, embed_dim=32)
-        c.data.seq_len = context
-        c.train.steps = 6
-        c.train.batch_size = 8
-        c.train.eval_batch_size = 256
-        c.train.log_every_steps = 2
-        c.train.eval_every_steps = 3
-        c.train.checkpoint_every_steps = 3
-        c.schedule.warmup_steps = 2
-        c.schedule.decay_steps = 0  # = train.steps
-        c.expected.metric = ""  # A smoke run checks the plumbing, not the number.
     return c
 
 

@@ -9,8 +9,15 @@ The manager keeps the latest `keep` steps plus the best step by `best_metric` (o
 policies). Orbax writes each step to a temporary directory and renames it when complete, so a
 crash mid-save leaves the previous steps intact; restore() still falls back to an earlier step if
 the latest cannot be read.
+
+This is the only module that knows the layout. Besides the trainer's `Checkpointer`, it offers
+read-only access for the commands that use a run's weights (`sample`, tests, export):
+`latest_step`, `restore_state` (the saved state on this host), and the checks `mismatches` (does
+a checkpoint fit a model's shapes?) and `copy_step` (`--fork_from`). A checkpoint that does not fit
+the model is a config mismatch, reported as such; only unreadable data is moved aside.
 """
 
+import contextlib
 import logging
 import shutil
 from pathlib import Path
@@ -20,7 +27,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from research.errors import SaveFailed
+from research.errors import ConfigMismatch, SaveFailed
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +97,13 @@ class Checkpointer:
         """
         candidates = [step] if step is not None else list(reversed(self.all_steps()))
         for candidate in candidates:
+            different = mismatches(self.directory, candidate, abstract_state)
+            if different:
+                raise ConfigMismatch(
+                    f"checkpoint step {candidate} in {self.directory} does not fit the model: "
+                    f"{different}; the config has changed since it was saved: use a fresh "
+                    "--workdir, or restore the config the run was made with"
+                )
             args = ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state),
                 data=ocp.args.JsonRestore(),
@@ -133,3 +147,101 @@ class Checkpointer:
     def close(self) -> None:
         """Finish pending saves and release the manager."""
         self._manager.close()
+
+
+# -------------------------------------------------------------------------------------------------
+# Read-only access, for commands that use a run's weights and for checks before a run.
+# -------------------------------------------------------------------------------------------------
+
+
+def latest_step(directory: Path) -> int | None:
+    """The newest complete step in a checkpoints directory (None: none, or no directory)."""
+    directory = Path(directory).absolute()
+    if not directory.is_dir():
+        return None
+    with _absl_errors_only():  # orbax warns about options a read-only manager ignores
+        options = ocp.CheckpointManagerOptions(read_only=True)
+        return ocp.CheckpointManager(directory, options=options).latest_step()
+
+
+def _saved_tree(directory: Path, step: int) -> Any | None:
+    """The saved state's tree of array metadata (shape, dtype), or None if unreadable."""
+    try:
+        with _absl_errors_only():
+            checkpointer = ocp.StandardCheckpointer()
+            return checkpointer.metadata(
+                Path(directory).absolute() / str(step) / "state"
+            ).item_metadata
+    except Exception:  # noqa: BLE001 - unreadable metadata: the step is corrupt, not mismatched.
+        return None
+
+
+def _shapes(tree: Any) -> dict[str, tuple]:
+    """{"params/wte/embedding": (shape, dtype)} with container kinds erased (a saved namedtuple
+    reads back as a dict of its fields)."""
+
+    def name(key: Any) -> str:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                return str(getattr(key, attr))
+        return str(key)
+
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    return {
+        "/".join(name(k) for k in path): (tuple(leaf.shape), str(leaf.dtype))
+        for path, leaf in leaves
+        if hasattr(leaf, "shape")
+    }
+
+
+def mismatches(directory: Path, step: int, abstract_state: Any, limit: int = 3) -> str:
+    """How checkpoint `step` differs from `abstract_state` in structure or shapes ("" if it fits,
+    or if its metadata is unreadable: that is corruption, which restore handles)."""
+    saved = _saved_tree(directory, step)
+    if saved is None:
+        return ""
+    have, want = _shapes(saved), _shapes(abstract_state)
+    problems = [
+        f"{key} is {have.get(key, ('absent',))[0]} in the checkpoint but "
+        f"{want.get(key, ('absent',))[0]} in the model"
+        for key in sorted(set(have) | set(want))
+        if have.get(key, (None,))[0] != want.get(key, (None,))[0]
+    ]
+    if len(problems) > limit:
+        problems = [*problems[:limit], f"and {len(problems) - limit} more"]
+    return "; ".join(problems)
+
+
+def restore_state(directory: Path, step: int | None = None) -> tuple[int, dict]:
+    """(step, saved train state) of `step` (default: the newest), every array on this host's
+    first device, whatever it was saved on. Never writes, so a run still training can be read."""
+    directory = Path(directory).absolute()
+    step = latest_step(directory) if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {directory}")
+    with _absl_errors_only():
+        checkpointer = ocp.StandardCheckpointer()
+        saved = checkpointer.metadata(directory / str(step) / "state").item_metadata
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), saved
+        )
+        return step, checkpointer.restore(directory / str(step) / "state", target)
+
+
+def copy_step(source: Path, step: int, destination: Path) -> None:
+    """Copy checkpoint `step` from one checkpoints directory to another (`--fork_from`)."""
+    target = Path(destination) / str(step)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(Path(source) / str(step), target)
+
+
+@contextlib.contextmanager
+def _absl_errors_only():
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

@@ -1,10 +1,19 @@
-"""Experiment files, command-line overrides and validation.
+"""Experiment files, command-line overrides and validation: the one tree of defaults.
 
-An experiment file defines `get_config(arg=None) -> ml_collections.ConfigDict`. It is named on the
-command line as `experiments/x.py` or `experiments/x.py:arg`, and any field can be overridden with
-the ml_collections/absl syntax `--config.section.field=value`. The value is parsed to the type the
-field already has (ConfigDict's type safety), so `--config.train.steps=1.5` and unknown keys fail
-here, in one line, before anything compiles.
+An experiment file defines `get_config(arg=None) -> ml_collections.ConfigDict`, starting from
+`defaults()` and changing what its recipe needs. It is named on the command line as
+`experiments/x.py` or `experiments/x.py:arg`, and any field can be overridden with the
+ml_collections/absl syntax `--config.section.field=value`. The value is parsed to the type the field
+already has, so `--config.train.steps=1.5` and unknown keys fail here, in one line, before anything
+compiles. Every field's allowed values are declared once, in `RULES`; `validate` checks them all.
+
+Every default lives in `defaults()` (the model section: in the model's own dataclass fields, which
+loading copies in, so every model argument is one override too). Code reads fields as attributes
+of the locked config, never with `.get(name, default)`, so a field nobody declared is an error.
+
+The variant word `smoke` works for every experiment: `experiments/x.py:smoke` is the recipe shrunk
+by `smoke()` to seconds on a CPU (tiny model, a few steps, mock data where the real data would
+need a download), for tests.
 
 We parse overrides ourselves instead of through `ml_collections.config_flags` because the latter
 reports unknown keys and missing files as tracebacks (or lazily, at first use); a researcher should
@@ -12,8 +21,12 @@ get one line that says what to do.
 """
 
 import ast
+import dataclasses
+import difflib
 import importlib.util
 import json
+import math
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +36,8 @@ from research import expected
 from research.errors import ConfigError
 
 SECTIONS = ("model", "data", "optimizer", "schedule", "train", "parallel", "expected")
-TRAIN_POSITIVE_INTS = (
-    "steps",
-    "batch_size",
-    "eval_every_steps",
-    "checkpoint_every_steps",
-    "log_every_steps",
-)
-
+TOP_LEVEL = ("task", *SECTIONS, "experiment")  # `experiment` is set on loading: file[:arg].
+SMOKE = "smoke"  # The variant word every experiment understands (see `smoke`).
 
 # ---------------------------------------------------------------------------------------------
 # Defaults: every field the code reads exists in every experiment, so any of them is one override.
@@ -39,9 +46,11 @@ TRAIN_POSITIVE_INTS = (
 
 def defaults() -> ml_collections.ConfigDict:
     """The base config an experiment file starts from and changes what its recipe needs."""
+    from research.data import augment  # Deferred: keeps `launch.py --help` light.
+
     c = ml_collections.ConfigDict()
-    c.task = "classification"
-    c.model = ml_collections.ConfigDict({"name": ""})  # Fields are the module's arguments.
+    c.task = "classification"  # research/tasks TASKS
+    c.model = ml_collections.ConfigDict({"name": ""})  # Other fields: the module's arguments.
     c.data = ml_collections.ConfigDict(
         {
             "kind": "images",  # images | text (research/data/__init__.py KINDS)
@@ -53,13 +62,7 @@ def defaults() -> ml_collections.ConfigDict:
             "image_scale": 1 / 255,  # Pixels to [0, 1]: 1/255 for uint8 images, 1/16 for digits.
             "mean": (),  # Per-channel normalisation after scaling to [0, 1]; () = none.
             "std": (),
-            "augment": {
-                "crop_padding": 0,
-                "flip": False,
-                "rotate_deg": 0.0,
-                "scale": 0.0,
-                "translate": 0.0,
-            },
+            "augment": augment.OFF,  # research/data/augment.py: all off.
             "mock": False,  # tfds.testing.mock_data: random examples of the real shapes, no download.
             # Text (kind="text", research/data/text.py):
             "path": "",  # A local text file; replaces `name` (split 90/5/5 like tiny_shakespeare).
@@ -79,7 +82,7 @@ def defaults() -> ml_collections.ConfigDict:
             "weight_decay": 0.0,
             "decay_mask": "matrices",  # Decay kernels and embeddings, not biases or norm scales.
             "clip_norm": 0.0,  # 0 = off; else clip_by_global_norm.
-            "grad_accum_steps": 1,
+            "grad_accum_steps": 1,  # Micro-batches per update (the same update, less memory).
             "ema_decay": 0.0,  # 0 = off; else evaluate on an EMA of the parameters.
         }
     )
@@ -106,7 +109,7 @@ def defaults() -> ml_collections.ConfigDict:
             "checkpoint_every_steps": 500,
             "keep_checkpoints": 3,
             "best_metric": "eval/accuracy",  # Keeps the best checkpoint; drives early stopping.
-            "best_mode": "max",
+            "best_mode": "max",  # max | min
             "early_stopping_patience": 0,  # Evals without improvement before stopping; 0 = off.
             "label_smoothing": 0.0,
             "nonfinite": "halt",  # halt | skip: what a NaN/Inf loss or update does (research/guard.py).
@@ -126,7 +129,7 @@ def defaults() -> ml_collections.ConfigDict:
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
-    """Parse a variant string such as "smoke" or "depth=56,smoke" into fields (cf. big_vision).
+    """Parse a variant string such as "cpu" or "depth=56,cpu" into fields (cf. big_vision).
 
     Bare words become True; `key=value` values take the type of the default. Unknown keys are
     errors, so a typo in a variant name cannot silently run the baseline.
@@ -146,24 +149,24 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
 
 
 def load_experiment(spec: str) -> ml_collections.ConfigDict:
-    """Load `path/to/file.py[:arg]` and return its (locked) config."""
+    """Load `path/to/file.py[:arg]` and return its (locked) config.
+
+    The word `smoke` in arg is handled here for every experiment (see `smoke`); the rest of arg
+    goes to get_config. Fields that no default declares are errors naming the nearest valid one.
+    """
     path_str, _, arg = spec.partition(":")
-    path = Path(path_str)
-    if not path.is_file():
-        raise ConfigError(
-            f"experiment file {path_str!r} not found; pass --config=experiments/<name>.py"
-        )
-    module_spec = importlib.util.spec_from_file_location(f"experiment_{path.stem}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    words = [w for w in arg.split(",") if w]
+    is_smoke = SMOKE in words
+    module = experiment_module(spec)
     if not hasattr(module, "get_config"):
         raise ConfigError(
             f"{path_str} defines no get_config(arg=None); see experiments/digits_cnn.py"
         )
     try:
-        config = module.get_config(arg or None)
-    except (ValueError, KeyError) as e:
-        raise ConfigError(f"{spec}: {e}") from None
+        config = module.get_config(",".join(w for w in words if w != SMOKE) or None)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{spec}: {message}") from None
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"{path_str}: get_config() must return an ml_collections.ConfigDict")
     missing = [s for s in SECTIONS if s not in config]
@@ -171,18 +174,94 @@ def load_experiment(spec: str) -> ml_collections.ConfigDict:
         raise ConfigError(
             f"{path_str}: get_config() lacks section(s) {missing}; every experiment has {SECTIONS}"
         )
-    config.experiment = path.stem + (f":{arg}" if arg else "")
+    config.model = _with_model_defaults(config.model, path_str)
+    check_declared(config, f"{path_str} sets")
+    if is_smoke:
+        smoke(config)
+    config.experiment = Path(path_str).stem + (f":{arg}" if arg else "")
     config.lock()
     return config
 
 
 def experiment_module(spec: str):
-    """Import an experiment file as a module (for its optional `sweep()`)."""
+    """Import an experiment file as a module (for get_config and the optional `sweep()`)."""
     path = Path(spec.partition(":")[0])
+    if not path.is_file():
+        raise ConfigError(
+            f"experiment file {str(path)!r} not found; pass --config=experiments/<name>.py"
+        )
     module_spec = importlib.util.spec_from_file_location(f"experiment_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ConfigError(f"{path}:{e.lineno}: {e.msg}; fix the experiment file") from None
     return module
+
+
+def _with_model_defaults(model: Any, where: str) -> ml_collections.ConfigDict:
+    """The model section with every argument of the named module, its defaults filled in."""
+    from research import models  # Deferred: keeps `launch.py --help` light.
+
+    fields = dict(model)
+    name = fields.get("name", "")
+    if name not in models.MODELS:
+        raise ConfigError(
+            f"{where}: model.name={name!r} is unknown; choose one of {sorted(models.MODELS)}"
+        )
+    declared = models.arguments(name)
+    unknown = [k for k in fields if k != "name" and k not in declared]
+    if unknown:
+        raise ConfigError(
+            f"{where} model.{unknown[0]}, which {name!r} does not take"
+            f"{_did_you_mean(unknown[0], declared)}; its fields: {', '.join(sorted(declared))}"
+        )
+    return ml_collections.ConfigDict({"name": name, **declared, **fields})
+
+
+def check_declared(config: ml_collections.ConfigDict, what: str) -> None:
+    """Raise ConfigError for a field no default declares (a typo such as train.stpes)."""
+    declared = defaults()
+    for key in config:
+        if key not in TOP_LEVEL:
+            raise ConfigError(
+                f"{what} {key!r}, which is not a section{_did_you_mean(key, TOP_LEVEL)}"
+            )
+    for section in SECTIONS[1:]:  # The model section is checked against the module's fields.
+        for key, _ in _leaves(config[section], section):
+            node, parts = declared, key.split(".")
+            for part in parts:
+                if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                    names = [k for k, _ in _leaves(declared[section], section)]
+                    raise ConfigError(
+                        f"{what} {key}, which no default declares{_did_you_mean(key, names)}"
+                    )
+                node = node[part]
+
+
+def _did_you_mean(name: str, candidates: Any) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=1)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _leaves(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every field under `node`."""
+    for key, value in node.items():
+        if isinstance(value, ml_collections.ConfigDict | dict):
+            yield from _leaves(value, f"{prefix}.{key}")
+        else:
+            yield f"{prefix}.{key}", value
+
+
+def flatten(config: Mapping[str, Any]) -> dict[str, Any]:
+    """{"train.steps": 800, ...} for every field of a config (or its JSON form)."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict | dict):
+            flat |= dict(_leaves(value, key))
+        else:
+            flat[key] = value
+    return flat
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,43 +369,201 @@ def build_config(spec: str, overrides: dict[str, Any]) -> ml_collections.ConfigD
 
 
 # ---------------------------------------------------------------------------------------------
-# Validation: invalid values are caught before any compilation.
+# Validation: what every field may hold, declared once; invalid values are caught before anything
+# is compiled or written.
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """What a field may hold: `ok(value)`, and `says` for the error ("a positive integer")."""
+
+    kind: str
+    says: str
+    ok: Callable[[Any], bool]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _all(v: Any, test: Callable[[Any], bool]) -> bool:
+    return isinstance(v, tuple | list) and all(test(x) for x in v)
+
+
+POSITIVE_INT = Rule("positive_int", "a positive integer", lambda v: _is_int(v) and v > 0)
+COUNT = Rule("count", "an integer >= 0", lambda v: _is_int(v) and v >= 0)
+SEED = Rule("seed", "an integer in [0, 2**31)", lambda v: _is_int(v) and 0 <= v < 2**31)
+POSITIVE = Rule("positive", "a finite number > 0", lambda v: _is_number(v) and v > 0)
+NON_NEGATIVE = Rule("non_negative", "a finite number >= 0", lambda v: _is_number(v) and v >= 0)
+FRACTION = Rule("fraction", "a number in [0, 1)", lambda v: _is_number(v) and 0 <= v < 1)
+FINITE = Rule("finite", "a finite number", _is_number)
+FLAG = Rule("flag", "true or false", lambda v: isinstance(v, bool))
+TEXT = Rule("text", "a string", lambda v: isinstance(v, str))
+SPLIT = Rule("split", "a TFDS split such as train or train[:90%]", lambda v: bool(v))
+POSITIVE_INTS = Rule(
+    "positive_ints", "a tuple of positive integers", lambda v: _all(v, POSITIVE_INT.ok)
+)
+NUMBERS = Rule("numbers", "a tuple of finite numbers", lambda v: _all(v, _is_number))
+POSITIVE_NUMBERS = Rule(
+    "positive_numbers", "a tuple of numbers > 0", lambda v: _all(v, POSITIVE.ok)
+)
+
+
+def choice(names: Any) -> Rule:
+    """One of `names` (a tuple, or the keys of a table such as optim.OPTIMIZERS)."""
+    names = tuple(sorted(names))
+    return Rule("choice", ", ".join(names), lambda v: v in names)
+
+
+def rules() -> dict[str, Rule]:
+    """Every field of `defaults()` and what it may hold. Names resolve through the tables next
+    to the code they name. Model fields beyond `name` are checked by the model itself."""
+    from research import data, guard, models, optim, parallel, tasks  # Deferred: heavy imports.
+    from research.data import tokenizers
+
+    return {
+        "task": choice(tasks.TASKS),
+        "model.name": choice(models.MODELS),
+        "data.kind": choice(data.KINDS),
+        "data.name": TEXT,  # Checked against the TFDS catalog before a run.
+        "data.data_dir": TEXT,
+        "data.train_split": SPLIT,
+        "data.eval_split": SPLIT,
+        "data.test_split": SPLIT,
+        "data.image_scale": POSITIVE,
+        "data.mean": NUMBERS,
+        "data.std": POSITIVE_NUMBERS,
+        "data.augment.crop_padding": COUNT,
+        "data.augment.flip": FLAG,
+        "data.augment.rotate_deg": NON_NEGATIVE,
+        "data.augment.scale": FRACTION,
+        "data.augment.translate": FRACTION,
+        "data.mock": FLAG,
+        "data.path": TEXT,  # Checked for readability before a run.
+        "data.tokenizer": choice(tokenizers.TOKENIZERS),
+        "data.seq_len": POSITIVE_INT,
+        "optimizer.name": choice(optim.OPTIMIZERS),
+        "optimizer.learning_rate": POSITIVE,
+        "optimizer.momentum": FRACTION,
+        "optimizer.nesterov": FLAG,
+        "optimizer.b1": FRACTION,
+        "optimizer.b2": FRACTION,
+        "optimizer.eps": POSITIVE,
+        "optimizer.weight_decay": NON_NEGATIVE,
+        "optimizer.decay_mask": choice(optim.DECAY_MASKS),
+        "optimizer.clip_norm": NON_NEGATIVE,
+        "optimizer.grad_accum_steps": POSITIVE_INT,
+        "optimizer.ema_decay": FRACTION,
+        "schedule.name": choice(optim.SCHEDULES),
+        "schedule.warmup_steps": COUNT,
+        "schedule.end_lr": NON_NEGATIVE,
+        "schedule.decay_steps": COUNT,
+        "schedule.boundaries": POSITIVE_INTS,
+        "schedule.decay_factor": POSITIVE,
+        "schedule.scales": POSITIVE_NUMBERS,
+        "train.steps": POSITIVE_INT,
+        "train.batch_size": POSITIVE_INT,
+        "train.eval_batch_size": POSITIVE_INT,
+        "train.steps_per_call": POSITIVE_INT,
+        "train.seed": SEED,
+        "train.log_every_steps": POSITIVE_INT,
+        "train.eval_every_steps": POSITIVE_INT,
+        "train.checkpoint_every_steps": POSITIVE_INT,
+        "train.keep_checkpoints": POSITIVE_INT,
+        "train.best_metric": TEXT,  # "" or eval/<a metric of the task>, checked before a run.
+        "train.best_mode": choice(("max", "min")),
+        "train.early_stopping_patience": COUNT,
+        "train.label_smoothing": FRACTION,
+        "train.nonfinite": choice(guard.POLICIES),
+        "train.max_consecutive_skips": COUNT,
+        "train.loss_spike_sigmas": NON_NEGATIVE,
+        "parallel.strategy": choice(parallel.STRATEGIES),
+        "parallel.fsdp": dataclasses.replace(
+            POSITIVE_INT, says="a positive integer that must divide the device count"
+        ),
+        "parallel.sync_batch_stats": FLAG,
+        "expected.metric": TEXT,  # "" or eval|test/<a metric of the task>, checked before a run.
+        "expected.value": FINITE,
+        "expected.tolerance": NON_NEGATIVE,
+        "expected.comparison": choice(expected.COMPARISONS),
+        "expected.source": TEXT,
+    }
+
+
 def validate(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
-    """Raise ConfigError naming the first invalid setting and what to do about it."""
-    from research import models, optim  # Deferred: keeps `launch.py --help` light.
+    """Raise ConfigError naming the first invalid setting and what to do about it.
 
+    Checks every field against `rules()`, then the settings that constrain each other, then
+    builds the model (its own fields checked by its constructor). With `device_count`, also the
+    layout over devices. Data, shapes and metric names are checked by the trainer's preparation
+    (research/train.py `prepare`), which needs the data.
+    """
+    from research import models, optim, parallel  # Deferred: keeps `launch.py --help` light.
+
+    table = rules()
+    for key, value in flatten(config).items():
+        if key == "experiment" or (key.startswith("model.") and key != "model.name"):
+            continue
+        rule = table.get(key)
+        if rule is None:
+            raise ConfigError(f"{key} is not a declared field{_did_you_mean(key, table)}")
+        if not rule.ok(value):
+            if rule.kind == "choice":
+                raise ConfigError(f"{key}={value!r} is unknown; choose one of {rule.says}")
+            raise ConfigError(f"{key} must be {rule.says}, got {value!r}")
     train = config.train
-    for name in TRAIN_POSITIVE_INTS:
-        value = train.get(name)
-        if not isinstance(value, int) or value <= 0:
-            raise ConfigError(f"train.{name} must be a positive integer, got {value!r}")
-    from research import guard
-
-    if train.get("nonfinite", "halt") not in guard.POLICIES:
-        raise ConfigError(f"train.nonfinite={train.nonfinite!r}; choose one of {guard.POLICIES}")
-    if train.get("loss_spike_sigmas", 0.0) < 0 or train.get("max_consecutive_skips", 0) < 0:
-        raise ConfigError("train.loss_spike_sigmas and train.max_consecutive_skips must be >= 0")
-    if "seed" not in train:
-        raise ConfigError("train.seed is missing; add train.seed = 0 to the experiment file")
-    if config.model.get("name") not in models.MODELS:
-        raise ConfigError(
-            f"model.name={config.model.get('name')!r} is unknown; choose one of {sorted(models.MODELS)}"
-        )
     try:
         optim.validate(config.optimizer, config.schedule, train.steps)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    accum = config.optimizer.get("grad_accum_steps", 1)
+    accum = config.optimizer.grad_accum_steps
     if train.batch_size % accum:
         raise ConfigError(
             f"train.batch_size={train.batch_size} is not divisible by optimizer.grad_accum_steps={accum}"
         )
-    if device_count is not None and train.batch_size % (device_count * accum):
-        raise ConfigError(
-            f"train.batch_size={train.batch_size} does not split over {device_count} devices x "
-            f"{accum} accumulation steps; use a multiple of {device_count * accum}"
-        )
+    if device_count is not None:
+        parallel.validate(config, device_count)
     expected.validate(config.expected)
+    try:
+        models.build(config.model)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"model: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# The smoke variant, derived from any recipe.
+# ---------------------------------------------------------------------------------------------
+
+
+def smoke(config: ml_collections.ConfigDict) -> None:
+    """Shrink a recipe in place to a run of every code path that takes seconds on a CPU.
+
+    The model takes its tiny size (research/models SMOKE_SIZES); data that would need a download
+    becomes tfds mock data of the real shapes; 12 steps with logs, evaluations and checkpoints
+    every few; a batch of at most 32; no expected result (a smoke run checks the plumbing).
+    """
+    from research import data, models
+
+    config.model.update(models.SMOKE_SIZES[config.model.name])
+    if not data.available_offline(config.data):
+        config.data.mock = True
+        config.data.path = ""
+    if config.data.kind == "text":
+        config.data.seq_len = min(config.data.seq_len, 16)
+    train = config.train
+    train.steps = 12
+    train.log_every_steps = 4
+    train.eval_every_steps = 6
+    train.checkpoint_every_steps = 6
+    train.batch_size = min(train.batch_size, 32)
+    train.eval_batch_size = min(train.eval_batch_size, 64)
+    if train.batch_size % config.optimizer.grad_accum_steps:
+        config.optimizer.grad_accum_steps = 1
+    config.schedule.warmup_steps = min(config.schedule.warmup_steps, 2)
+    config.schedule.decay_steps = 0  # = train.steps
+    config.expected.metric = ""

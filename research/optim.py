@@ -75,7 +75,7 @@ def _piecewise(sc: ml_collections.ConfigDict, lr: float, decay_steps: int) -> op
     learning_rate=0.01, boundaries=(400, 32000, 48000), scales=(10, 0.1, 0.1).
     """
     # optax applies a factor once step >= boundary, so step 32000 already uses 0.01.
-    scales = sc.get("scales") or (sc.decay_factor,) * len(sc.boundaries)
+    scales = sc.scales or (sc.decay_factor,) * len(sc.boundaries)
     return optax.piecewise_constant_schedule(
         lr, {int(step): float(scale) for step, scale in zip(sc.boundaries, scales)}
     )
@@ -255,12 +255,12 @@ def validate(
         ),
         (sc.decay_factor > 0, f"schedule.decay_factor must be > 0, got {sc.decay_factor}"),
         (
-            not sc.get("scales") or len(sc.scales) == len(boundaries),
-            f"schedule.scales has {len(sc.get('scales') or ())} factors for {len(boundaries)} boundaries",
+            not sc.scales or len(sc.scales) == len(boundaries),
+            f"schedule.scales has {len(sc.scales)} factors for {len(boundaries)} boundaries",
         ),
         (
-            all(f > 0 for f in sc.get("scales") or ()),
-            f"schedule.scales must all be > 0, got {tuple(sc.get('scales') or ())}",
+            all(f > 0 for f in sc.scales),
+            f"schedule.scales must all be > 0, got {tuple(sc.scales)}",
         ),
         (
             sc.name != "rsqrt" or sc.warmup_steps >= 1,

@@ -96,25 +96,46 @@ def initialize_distributed(
 # -------------------------------------------------------------------------------------------------
 
 
-def make_mesh(parallel_config: Mapping[str, Any]) -> Mesh:
-    """The ("data", "fsdp") mesh over every device of every process."""
-    strategy = parallel_config.get("strategy", "gspmd")
+def validate(config: Mapping[str, Any], device_count: int) -> None:
+    """Raise ConfigError if the run's layout and batches cannot run on `device_count` devices."""
+    batch, accum = config["train"]["batch_size"], config["optimizer"]["grad_accum_steps"]
+    if batch % (device_count * accum):
+        raise ConfigError(
+            f"train.batch_size={batch} does not split over {device_count} devices x "
+            f"{accum} accumulation steps; use a multiple of {device_count * accum}"
+        )
+    eval_batch = config["train"]["eval_batch_size"]
+    if eval_batch % device_count:
+        raise ConfigError(
+            f"train.eval_batch_size={eval_batch} does not split over {device_count} devices; "
+            f"use a multiple of {device_count}"
+        )
+    _validate_layout(config["parallel"], device_count)
+
+
+def _validate_layout(parallel_config: Mapping[str, Any], device_count: int) -> None:
+    strategy, fsdp = parallel_config["strategy"], parallel_config["fsdp"]
     if strategy not in STRATEGIES:
         raise ConfigError(f"parallel.strategy={strategy!r}; choose one of {sorted(STRATEGIES)}")
-    fsdp = parallel_config.get("fsdp", 1)
     if fsdp > 1 and strategy != "gspmd":
         raise ConfigError(
             f"parallel.fsdp={fsdp} needs parallel.strategy=gspmd; {strategy} keeps a whole "
             "replica of the state on every device"
         )
-    devices = jax.device_count()
-    if fsdp < 1 or devices % fsdp:
-        raise ConfigError(f"parallel.fsdp={fsdp} must divide the {devices} devices")
-    if strategy == "gspmd" and not parallel_config.get("sync_batch_stats", True):
+    if fsdp < 1 or device_count % fsdp:
+        raise ConfigError(f"parallel.fsdp={fsdp} must divide the {device_count} devices")
+    if strategy == "gspmd" and not parallel_config["sync_batch_stats"]:
         raise ConfigError(
             "parallel.sync_batch_stats=false needs strategy pmap or shard_map; under gspmd "
             "BatchNorm statistics are always those of the global batch"
         )
+
+
+def make_mesh(parallel_config: Mapping[str, Any]) -> Mesh:
+    """The ("data", "fsdp") mesh over every device of every process."""
+    devices = jax.device_count()
+    _validate_layout(parallel_config, devices)
+    fsdp = parallel_config["fsdp"]
     # Auto axes: the compiler propagates shardings through the step (GSPMD), which FSDP relies on.
     return jax.make_mesh(
         (devices // fsdp, fsdp),
@@ -156,8 +177,7 @@ def state_sharding(abstract_state: Any, mesh: Mesh) -> Any:
 def batch_norm_axis(parallel_config: Mapping[str, Any]) -> str | None:
     """The axis BatchNorm averages its statistics over in the step: "data" for mapped strategies
     with sync_batch_stats, else None (gspmd needs none: its statistics are already global)."""
-    strategy = parallel_config.get("strategy", "gspmd")
-    if strategy != "gspmd" and parallel_config.get("sync_batch_stats", True):
+    if parallel_config["strategy"] != "gspmd" and parallel_config["sync_batch_stats"]:
         return DATA_AXIS
     return None
 
@@ -271,7 +291,7 @@ def compile_step(
 
     `stacked`: the batch has a leading axis of steps (several steps per compiled call).
     """
-    strategy = STRATEGIES[parallel_config.get("strategy", "gspmd")]
+    strategy = STRATEGIES[parallel_config["strategy"]]
     return strategy(step, mesh, state_shardings, stacked)
 
 

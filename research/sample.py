@@ -3,25 +3,22 @@
 The run's workdir holds all it takes: config.json gives the model and the data, hence the
 tokenizer (refitted on the same text: "char" is the sorted set of its characters); the newest
 checkpoint gives the parameters, the EMA ones when the run kept an EMA (`optimizer.ema_decay`),
-as its evaluations used. Sampling is nanoGPT's sample.py (temperature, top-k) with a KV cache
-(research/tasks/lm.py `generate`). Checkpoints are read, never written, so a run still training
-can be sampled.
+as its evaluations used (read through research/checkpoint.py). Sampling is nanoGPT's sample.py
+(temperature, top-k) with a KV cache (research/tasks/decoding.py). Checkpoints are read, never
+written, so a run still training can be sampled.
 """
 
-import contextlib
 import json
-import logging
 from pathlib import Path
 
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
-from research import models
+from research import checkpoint, models
 from research.data import text, tokenizers
 from research.errors import ConfigError
-from research.tasks import lm
+from research.tasks import decoding
 
 
 def load(workdir: str | Path) -> tuple[ml_collections.ConfigDict, dict, int]:
@@ -38,39 +35,11 @@ def load(workdir: str | Path) -> tuple[ml_collections.ConfigDict, dict, int]:
         raise ConfigError(
             f"{wd} holds a {config.get('task')!r} run; sampling needs a language model (task 'lm')"
         )
-    checkpoints = (wd / "checkpoints").absolute()
-    with _absl_errors_only():  # orbax warns about options and files a read-only restore skips
-        step = None
-        if checkpoints.is_dir():
-            options = ocp.CheckpointManagerOptions(read_only=True)
-            step = ocp.CheckpointManager(checkpoints, options=options).latest_step()
-        if step is None:
-            raise ConfigError(
-                f"{wd} has no checkpoint yet; train first, or wait for the first save"
-            )
-        state = _restore(checkpoints / str(step) / "state")
-    ema = config.optimizer.get("ema_decay", 0.0) > 0
+    if checkpoint.latest_step(wd / "checkpoints") is None:
+        raise ConfigError(f"{wd} has no checkpoint yet; train first, or wait for the first save")
+    step, state = checkpoint.restore_state(wd / "checkpoints")
+    ema = config.optimizer.ema_decay > 0
     return config, state["ema_params"] if ema else state["params"], step
-
-
-def _restore(directory: Path) -> dict:
-    """The saved train state, every array on this host's first device (whatever it was saved on)."""
-    checkpointer = ocp.StandardCheckpointer()
-    saved = checkpointer.metadata(directory).item_metadata
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), saved)
-    return checkpointer.restore(directory, target)
-
-
-@contextlib.contextmanager
-def _absl_errors_only():
-    logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def tokenizer(workdir: str | Path, config: ml_collections.ConfigDict) -> tokenizers.Tokenizer:
@@ -96,6 +65,8 @@ def sample(
         raise ConfigError("--max_new_tokens and --num_samples must be positive")
     if temperature < 0:
         raise ConfigError(f"--temperature={temperature}: use 0 (greedy) or more")
+    if top_k < 0:
+        raise ConfigError(f"--top_k={top_k}: use 0 (no cut) or a positive number of tokens")
     if not prompt:
         raise ConfigError("--prompt is empty; give at least one character (nanoGPT's is '\\n')")
     config, params, _ = load(workdir)
@@ -110,7 +81,7 @@ def sample(
         ids = tok.encode(prompt)
     except ValueError as e:
         raise ConfigError(f"--prompt: {e}") from None
-    rows = lm.generate(
+    rows = decoding.generate(
         model,
         params,
         np.tile(ids, (num_samples, 1)),
@@ -118,5 +89,6 @@ def sample(
         rng=jax.random.key(seed),
         temperature=temperature,
         top_k=top_k or None,
+        vocab_limit=tok.vocab_size,  # A padded vocabulary's extra ids decode to nothing.
     )
     return [tok.decode(row) for row in rows]

@@ -1,16 +1,11 @@
 """The trainer: config in, trained model, metrics, checkpoints and results.json out.
 
-Read it top to bottom: workdir, mesh, input, model and optimizer, state and shardings, the update
-step, evaluation, checkpoint/resume, the loop, final evaluation. The train state is a plain dict:
-
-    {"step": int32, "params": ..., "model_state": {"batch_stats": ...} or {},
-     "opt_state": ..., "ema_params": ... or {}, "guard": {skipped updates, loss EMAs, ...}}
-
-Per-step randomness is `fold_in(seed_key, step)`, so it is a function of the step alone and a
-resumed run draws exactly the numbers an uninterrupted one would.
+Read it top to bottom: preparation (every check, before the workdir is touched), the workdir (lock,
+relaunch rules, records), mesh and shardings, the compiled steps, evaluation, checkpoint/resume,
+the loop, final evaluation. The state and the steps are research/steps.py's; this file runs them.
 """
 
-import functools
+import dataclasses
 import logging
 import sys
 import time
@@ -18,14 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import tqdm
 
-from research import checkpoint, data, guard, models, optim, parallel, tasks, workdir
-from research.errors import ConfigError
+from research import checkpoint, data, guard, parallel, steps, workdir
+from research.data import DatasetInfo
+from research.errors import ConfigError, ConfigMismatch
 from research.expected import Expected
 from research.preemption import Preemption
 from research.writer import MetricWriter, read_metrics
@@ -33,46 +27,187 @@ from research.writer import MetricWriter, read_metrics
 log = logging.getLogger(__name__)
 
 
+# -------------------------------------------------------------------------------------------------
+# Preparation: everything a run needs is checked here, and nothing is written.
+# -------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A run that has passed every check, and what the checks built."""
+
+    info: DatasetInfo
+    parts: steps.Parts
+    abstract_state: dict
+    num_params: int
+    eval_data: dict[str, Any]  # split -> this process's evaluation batches (iterable again)
+    relaunch: workdir.Relaunch
+
+
+def prepare(
+    config: ml_collections.ConfigDict,
+    workdir_path: Path,
+    *,
+    fork_from: Path | None = None,
+    stop_after_step: int | None = None,
+) -> Prepared:
+    """Check the whole run without writing anything; raise one error naming the first problem.
+
+    The config's fields were checked when it was built (research/config.py); here: the layout on
+    this machine's devices, the data (readable, its splits, long enough for a window), the model
+    on the data's shapes (traced with eval_shape, nothing allocated), the metrics named by
+    train.best_metric and expected.metric, and the workdir (a directory we may write; the relaunch
+    rules of research/workdir.py; a checkpoint that fits the model).
+    """
+    if stop_after_step is not None and stop_after_step < 1:
+        raise ConfigError(f"--stop_after_step={stop_after_step}: give a step >= 1")
+    tc = config.train
+    parallel.validate(config, jax.device_count())
+    info = data.info(config.data)
+    parts = steps.build(config, info.input_shape)
+    if parts.model.num_outputs < info.num_classes:
+        raise ConfigError(
+            f"the model has {parts.model.num_outputs} outputs but the data has "
+            f"{info.num_classes} classes (or tokens); raise the model's num_classes / vocab_size"
+        )
+    try:
+        abstract_state = steps.abstract_state(parts)
+    except (ValueError, TypeError) as e:  # The model cannot run on these shapes.
+        raise ConfigError(f"model: {_first_line(e)}") from None
+    names = parts.task.metric_names(info)
+    if tc.best_metric and tc.best_metric.removeprefix("eval/") not in names:
+        raise ConfigError(
+            f"train.best_metric={tc.best_metric!r} is not a metric of this run; use one of "
+            f"{', '.join('eval/' + n for n in names)}, or '' for none"
+        )
+    target = Expected.from_fields(config.expected)
+    if target and target.metric.partition("/")[2] not in names:
+        raise ConfigError(
+            f"expected.metric={target.metric!r} is not a metric of this run; use test/ or eval/ "
+            f"with one of {', '.join(names)}"
+        )
+    eval_data = {
+        split: data.eval_batches(
+            config.data,
+            split,
+            global_batch_size=tc.eval_batch_size,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+        for split in dict.fromkeys((config.data.eval_split, config.data.test_split))
+    }
+    relaunch = workdir.inspect(workdir_path, config, fork_from)
+    if relaunch.latest_step is not None and not relaunch.finished:
+        source = relaunch.fork_from or workdir_path
+        different = checkpoint.mismatches(
+            source / "checkpoints", relaunch.latest_step, abstract_state
+        )
+        if different:
+            raise ConfigMismatch(
+                f"the checkpoint at step {relaunch.latest_step} in {source} does not fit this "
+                f"model ({different}); use a fresh --workdir"
+            )
+    num_params = sum(x.size for x in jax.tree.leaves(abstract_state["params"]))
+    return Prepared(info, parts, abstract_state, num_params, eval_data, relaunch)
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+# -------------------------------------------------------------------------------------------------
+# The run.
+# -------------------------------------------------------------------------------------------------
+
+
 def run(
     config: ml_collections.ConfigDict,
     workdir_path: str | Path,
     *,
     argv: list[str] = (),
-    force: bool = False,
     stop_after_step: int | None = None,
+    fork_from: str | Path | None = None,
 ) -> dict:
-    """Train and evaluate `config` in `workdir_path`, resuming if it holds a checkpoint.
+    """Train and evaluate `config` in `workdir_path`, resuming the run it holds.
 
     `stop_after_step` ends this process after that step, checkpointed (for jobs with a time limit:
     the next launch resumes); the final test evaluation then waits for the run's last step.
+    `fork_from` starts this (fresh) workdir from the latest checkpoint of another run's workdir.
 
-    Raises ConfigError / data.DatasetUnavailable before writing anything when the workdir holds
-    another experiment's run or the data cannot be read.
+    Raises ConfigError (and its kinds: ConfigMismatch, WorkdirBusy) or DatasetUnavailable before
+    writing anything; TrainingHalted or SaveFailed if training stops.
     """
     started = time.time()
     wd = Path(workdir_path)
-    workdir.check_compatible(wd, config, force)
-    info = data.info(config.data)
-    outputs = config.model.get("num_classes", config.model.get("vocab_size"))
-    if outputs is not None and outputs < info.num_classes:
-        raise ConfigError(
-            f"the model has {outputs} outputs but the data has {info.num_classes} classes (or "
-            "tokens); set model.num_classes / model.vocab_size to at least that"
-        )
-    task = tasks.get(config.get("task", "classification"))
-    wd.mkdir(parents=True, exist_ok=True)
+    fork_from = Path(fork_from) if fork_from is not None else None
+    prep = prepare(config, wd, fork_from=fork_from, stop_after_step=stop_after_step)
+    relaunch = prep.relaunch
     is_main = jax.process_index() == 0
-    if is_main:
-        workdir.write_json(wd / "config.json", config.to_dict())
-        workdir.record_provenance(wd / "provenance.json", list(argv))
-        for name, text in info.workdir_files.items():
-            (wd / name).write_text(text)
-    tc = config.train
+    if relaunch.finished:  # Nothing to train or evaluate: say what it achieved.
+        if is_main:
+            print(f"{wd} has finished; its results:\n{summary_line(relaunch.results)}", flush=True)
+        return relaunch.results
+    if stop_after_step and relaunch.latest_step and relaunch.latest_step >= stop_after_step:
+        if is_main:
+            print(f"{wd} is at step {relaunch.latest_step} already: nothing to run", flush=True)
+        return {"experiment": config.experiment, "step": relaunch.latest_step, "finished": False}
 
     # ---------------------------------------------------------------------------------------------
-    # Mesh.
+    # Workdir: created only now, locked for this run, its records written.
+    # ---------------------------------------------------------------------------------------------
+    wd.mkdir(parents=True, exist_ok=True)
+    with workdir.locked(wd) as stale_note:
+        if is_main:
+            if stale_note:
+                print(f"{wd}: {stale_note}", flush=True)
+            extra = {}
+            if relaunch.fork_from is not None:
+                checkpoint.copy_step(
+                    relaunch.fork_from / "checkpoints", relaunch.latest_step, wd / "checkpoints"
+                )
+                extra["forked_from"] = {
+                    "workdir": str(relaunch.fork_from.absolute()),
+                    "step": relaunch.latest_step,
+                    "changed": relaunch.changes,
+                }
+                print(
+                    f"forked from {relaunch.fork_from} at step {relaunch.latest_step}; changed: "
+                    f"{workdir.describe_changes(relaunch.changes) or 'nothing'}",
+                    flush=True,
+                )
+            elif relaunch.changes:
+                extra["changed"] = relaunch.changes
+                print(f"resuming with changes: {workdir.describe_changes(relaunch.changes)}", flush=True)
+            if relaunch.results is not None:  # Extended past its end: those results are old.
+                workdir.supersede_results(wd, relaunch.results["step"])
+            workdir.write_json(wd / "config.json", config.to_dict())
+            workdir.record_provenance(wd / "provenance.json", list(argv), **extra)
+            for name, text in prep.info.workdir_files.items():
+                (wd / name).write_text(text)
+        return _train(config, wd, prep, started, stop_after_step)
+
+
+def _train(
+    config: ml_collections.ConfigDict,
+    wd: Path,
+    prep: Prepared,
+    started: float,
+    stop_after_step: int | None,
+) -> dict:
+    """Set up devices, state and data; run the loop; evaluate on the test split."""
+    parts, tc = prep.parts, config.train
+    is_main = jax.process_index() == 0
+
+    # ---------------------------------------------------------------------------------------------
+    # Mesh, shardings and the compiled steps.
     # ---------------------------------------------------------------------------------------------
     mesh = parallel.make_mesh(config.parallel)
+    state_sharding = parallel.state_sharding(prep.abstract_state, mesh)  # Replicated, or FSDP.
+    stacked = tc.steps_per_call > 1
+    compiled_step = steps.compile_train_step(
+        parts, config.parallel, mesh, state_sharding, tc.steps_per_call
+    )
+    eval_step = steps.compile_eval_step(parts, mesh)
 
     # ---------------------------------------------------------------------------------------------
     # Input.
@@ -86,173 +221,40 @@ def run(
     )
 
     # ---------------------------------------------------------------------------------------------
-    # Model and optimizer.
-    # ---------------------------------------------------------------------------------------------
-    model = models.build(config.model)
-    tx, schedule = optim.build_optimizer(config.optimizer, config.schedule, tc.steps)
-    ema_decay = config.optimizer.get("ema_decay", 0.0)
-    accum_steps = config.optimizer.get("grad_accum_steps", 1)
-    seed_key = jax.random.key(tc.seed)
-    init_key, dropout_key = jax.random.split(seed_key)
-    dummy_input = jnp.zeros((1, *info.input_shape), task.input_dtype)
-
-    def init_state(key: jax.Array) -> dict:
-        variables = model.init(key, dummy_input, train=False)
-        params = variables.pop("params")
-        return {
-            "step": jnp.zeros((), jnp.int32),
-            "params": params,
-            "model_state": dict(variables),
-            "opt_state": tx.init(params),
-            "ema_params": jax.tree.map(jnp.copy, params) if ema_decay else {},
-            "guard": guard.init(),
-        }
-
-    # ---------------------------------------------------------------------------------------------
-    # State and shardings: shapes from eval_shape, nothing allocated until jit places it.
-    # ---------------------------------------------------------------------------------------------
-    abstract_state = jax.eval_shape(init_state, init_key)
-    state_sharding = parallel.state_sharding(abstract_state, mesh)  # Replicated, or FSDP.
-    num_params = sum(x.size for x in jax.tree.leaves(abstract_state["params"]))
-
-    # ---------------------------------------------------------------------------------------------
-    # The update step: written once, per device; parallel.compile_step maps it by strategy.
-    # ---------------------------------------------------------------------------------------------
-    # Synchronised BatchNorm in the mapped strategies (pmap, shard_map): statistics over "data".
-    bn_axis = parallel.batch_norm_axis(config.parallel)
-    train_model = model.clone(bn_axis_name=bn_axis) if hasattr(model, "bn_axis_name") else model
-
-    def loss_fn(params, model_state, batch, rng):
-        variables = {"params": params, **model_state}
-        logits, new_model_state = train_model.apply(
-            variables,
-            batch[task.input_key],
-            train=True,
-            rngs={"dropout": rng},
-            mutable=list(model_state),
-        )
-        loss, metrics = task.train_loss(logits, batch, config)
-        return loss, (metrics, dict(new_model_state))
-
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-
-    def train_step(state: dict, batch: dict, data_axis: str | None) -> tuple[dict, dict]:
-        """One update. Mapped per device (pmap, shard_map), `batch` is this device's rows and
-        `data_axis` names the device axis to average over; under gspmd it is None, the batch
-        global."""
-        rng = jax.random.fold_in(dropout_key, state["step"])
-        if data_axis:  # Each device draws its own dropout masks.
-            rng = jax.random.fold_in(rng, jax.lax.axis_index(data_axis))
-        model_state = state["model_state"]
-        local_params = parallel.per_device(data_axis, state["params"])
-        grads, losses, step_metrics = None, [], []
-        # Gradient accumulation: micro-batch i takes rows i, i+k, i+2k, ... so that each device
-        # contributes equally to every micro-batch. Unrolled rather than scanned: convolutions
-        # inside lax.scan are ~25x slower on XLA:CPU (JAX issue #12868).
-        for i in range(accum_steps):
-            micro = jax.tree.map(lambda x, i=i: x[i::accum_steps], batch)
-            (loss, (metrics, model_state)), g = grad_fn(
-                local_params, model_state, micro, jax.random.fold_in(rng, i)
-            )
-            grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
-            losses.append(loss)
-            step_metrics.append(metrics)
-        grads = jax.tree.map(lambda g: g / accum_steps, grads)
-        grads = parallel.mean_over(data_axis, grads)
-        if bn_axis is None:  # Per-device BatchNorm statistics: keep the replicas' averages equal.
-            model_state = parallel.mean_over(data_axis, model_state)
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        ema_params = optim.ema_update(state["ema_params"], params, ema_decay) if ema_decay else {}
-        metrics = jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *step_metrics)
-        metrics |= {"loss": jnp.mean(jnp.stack(losses))}
-        metrics = parallel.mean_over(data_axis, metrics)
-        # Apply the update only if it is finite (and not a loss spike): research/guard.py.
-        updated = {
-            "params": params,
-            "model_state": model_state,
-            "opt_state": opt_state,
-            "ema_params": ema_params,
-        }
-        kept, new_guard, guard_metrics = guard.apply(
-            state["guard"],
-            state["step"],
-            metrics["loss"],
-            updates,
-            updated,
-            {k: state[k] for k in updated},
-            tc.get("loss_spike_sigmas", 0.0),
-        )
-        new_state = {"step": state["step"] + 1, **kept, "guard": new_guard}
-        metrics |= guard_metrics | {
-            "grad_norm": optax.global_norm(grads),
-            "learning_rate": schedule(state["step"]),
-        }
-        return new_state, metrics
-
-    def train_steps(state: dict, batches: dict, data_axis: str | None) -> tuple[dict, dict]:
-        """Several steps in one compiled call (`train.steps_per_call`): fewer dispatches and host
-        round trips for small models. Off by default: XLA:CPU runs convolutions inside a scan
-        ~25x slower (JAX issue #12868), so conv nets should keep 1. Returns the last metrics."""
-        state, metrics = jax.lax.scan(lambda s, b: train_step(s, b, data_axis), state, batches)
-        return state, jax.tree.map(lambda m: m[-1], metrics)
-
-    steps_per_call = tc.get("steps_per_call", 1)
-    stacked = steps_per_call > 1
-    compiled_step = parallel.compile_step(
-        config.parallel, train_steps if stacked else train_step, mesh, state_sharding, stacked
-    )
-
-    # ---------------------------------------------------------------------------------------------
     # Evaluation: every example exactly once (padding masked out), on the EMA weights if enabled.
     # ---------------------------------------------------------------------------------------------
-    @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
-    def eval_step(params, model_state, batch):
-        logits = model.apply({"params": params, **model_state}, batch[task.input_key], train=False)
-        return task.eval_outputs(logits, batch)
-
-    @functools.cache  # Built once per split (decoding it, for images); each iteration is a pass.
-    def eval_dataset(split: str):
-        return data.eval_batches(
-            config.data,
-            split,
-            global_batch_size=tc.get("eval_batch_size", tc.batch_size),
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-        )
-
     def evaluate(state: dict, split: str) -> tuple[dict[str, float], dict]:
         """Metrics of the current (or EMA) parameters on a TFDS split."""
-        params = state["ema_params"] if ema_decay else state["params"]
+        params = state["ema_params"] if parts.ema_decay else state["params"]
         collected = []
-        for local in eval_dataset(split):
+        for local in prep.eval_data[split]:
             batch = parallel.global_batch(local, mesh)
             outputs, mask = parallel.gather(
                 (eval_step(params, state["model_state"], batch), batch["mask"])
             )
             collected.append(jax.tree.map(lambda x, m=mask: x[m], outputs))
         outputs = jax.tree.map(lambda *xs: np.concatenate(xs), *collected)
-        return task.summarize(outputs, info)
+        return parts.task.summarize(outputs, prep.info)
 
     # ---------------------------------------------------------------------------------------------
     # Checkpoint: resume from the newest readable step, or initialise.
     # ---------------------------------------------------------------------------------------------
-    best_metric = tc.get("best_metric", "")
-    best_mode = tc.get("best_mode", "max")
     ckpt = checkpoint.Checkpointer(
         wd / "checkpoints",
-        keep=tc.get("keep_checkpoints", 3),
-        best_metric=best_metric,
-        best_mode=best_mode,
+        keep=tc.keep_checkpoints,
+        best_metric=tc.best_metric,
+        best_mode=tc.best_mode,
     )
     abstract_with_sharding = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-        abstract_state,
+        prep.abstract_state,
         state_sharding,
     )
     restored = ckpt.restore(abstract_with_sharding)
     if restored is None:
-        state = jax.jit(init_state, out_shardings=state_sharding)(init_key)
+        state = jax.jit(lambda key: steps.init_state(parts, key), out_shardings=state_sharding)(
+            parts.init_key
+        )
         meta = {
             "best_value": None,
             "best_step": None,
@@ -275,24 +277,24 @@ def run(
     def check_guard() -> None:
         guard.check(
             jax.device_get(state["guard"]),
-            tc.get("nonfinite", "halt"),
-            tc.get("max_consecutive_skips", 0),
+            tc.nonfinite,
+            tc.max_consecutive_skips,
             last_good_checkpoint(),
         )
 
     saved_steps = set(ckpt.all_steps())
 
-    def save(step: int, eval_metrics: dict | None = None) -> None:
-        """Checkpoint `step`, after checking the guard: nothing non-finite is ever saved."""
-        if step in saved_steps:  # E.g. a preemption signal right after a regular save.
+    def save(at_step: int, eval_metrics: dict | None = None) -> None:
+        """Checkpoint `at_step`, after checking the guard: nothing non-finite is ever saved."""
+        if at_step in saved_steps:  # E.g. a preemption signal right after a regular save.
             return
-        saved_steps.add(step)
+        saved_steps.add(at_step)
         check_guard()
         meta["wall_s"] = elapsed()
         try:
-            ckpt.save(step, state, train_iter.get_state(), meta, eval_metrics)
+            ckpt.save(at_step, state, train_iter.get_state(), meta, eval_metrics)
         except Exception as e:  # Disk full, permissions, a dead filesystem: report, keep the rest.
-            raise ckpt.save_failed(step, e) from e
+            raise ckpt.save_failed(at_step, e) from e
 
     wall_before = meta["wall_s"]
     elapsed = lambda: wall_before + time.time() - started
@@ -302,7 +304,7 @@ def run(
     # ---------------------------------------------------------------------------------------------
     if is_main:
         print(
-            f"{config.experiment}: {num_params:,} parameters, {jax.device_count()} device(s), "
+            f"{config.experiment}: {prep.num_params:,} parameters, {jax.device_count()} device(s), "
             f"steps {step}->{tc.steps}, batch {tc.batch_size}",
             flush=True,
         )
@@ -322,7 +324,9 @@ def run(
                     save(step)
                     break
                 # Run up to the next log/eval/checkpoint boundary, at most steps_per_call at once.
-                count = min([steps_per_call, last_step - step] + [b - step % b for b in boundaries])
+                count = min(
+                    [tc.steps_per_call, last_step - step] + [b - step % b for b in boundaries]
+                )
                 if stacked:
                     batch = jax.tree.map(
                         lambda *xs: np.stack(xs), *[next(train_iter) for _ in range(count)]
@@ -358,9 +362,14 @@ def run(
                     values, _ = evaluate(state, config.data.eval_split)
                     writer.write(step, "eval", values)
                     eval_metrics = {f"eval/{k}": v for k, v in values.items()}
-                    if best_metric:
-                        patience = tc.get("early_stopping_patience", 0)
-                        update_best(meta, step, eval_metrics[best_metric], best_mode, patience)
+                    if tc.best_metric:
+                        update_best(
+                            meta,
+                            step,
+                            eval_metrics[tc.best_metric],
+                            tc.best_mode,
+                            tc.early_stopping_patience,
+                        )
                     window_start = time.time()  # Keep evaluation out of the throughput numbers.
 
                 if (
@@ -409,14 +418,14 @@ def run(
         step,
         elapsed(),
         metrics,
-        num_params=num_params,
+        num_params=prep.num_params,
         best_step=meta["best_step"],
         stopped_early=meta["stopped_early"],
         details={"test": {k: v for k, v in details.items() if k != "text_report"}},
     )
     if is_main:
         workdir.write_json(wd / "results.json", result)
-        print(task.report(details), flush=True)
+        print(parts.task.report(details), flush=True)
         print(summary_line(result), flush=True)
     return result
 
@@ -429,13 +438,13 @@ def _close_quietly(ckpt: checkpoint.Checkpointer) -> None:
         log.warning("while stopping, a pending checkpoint save failed too: %s", e)
 
 
-def update_best(meta: dict, step: int, value: float, mode: str, patience: int) -> None:
+def update_best(meta: dict, at_step: int, value: float, mode: str, patience: int) -> None:
     """Track the best eval metric; set meta["stopped_early"] after `patience` evals without gain."""
     better = meta["best_value"] is None or (
         value > meta["best_value"] if mode == "max" else value < meta["best_value"]
     )
     if better:
-        meta.update(best_value=value, best_step=step, evals_since_best=0)
+        meta.update(best_value=value, best_step=at_step, evals_since_best=0)
     else:
         meta["evals_since_best"] += 1
         if patience and meta["evals_since_best"] >= patience:

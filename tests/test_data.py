@@ -13,6 +13,7 @@ import tensorflow_datasets as tfds
 from sklearn.model_selection import train_test_split
 
 import research.data as data
+from research.config import defaults
 from research.data import augment, sources
 
 NO_AUGMENT = dict(crop_padding=0, flip=False, rotate_deg=0.0, scale=0.0, translate=0.0)
@@ -26,20 +27,10 @@ def data_dir(tmp_path_factory) -> str:
 
 def make_config(data_dir: str, name: str = "digits", **overrides) -> ml_collections.ConfigDict:
     """A data config as an experiment file would write it; raw pixel values unless overridden."""
-    fields = dict(
-        name=name,
-        data_dir=data_dir,
-        train_split="train",
-        eval_split="test",
-        test_split="test",
-        image_scale=1.0,
-        mean=(),
-        std=(),
-        augment=dict(NO_AUGMENT),
-        mock=False,
-    )
-    fields.update(overrides)
-    return ml_collections.ConfigDict(fields)
+    config = defaults().data
+    config.update(dict(name=name, data_dir=data_dir, image_scale=1.0, augment=dict(NO_AUGMENT)))
+    config.update(overrides)
+    return config
 
 
 def take(iterator, num_batches: int) -> list[dict[str, np.ndarray]]:

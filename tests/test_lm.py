@@ -16,7 +16,7 @@ from research import config as cfg
 from research import data, models, train
 from research.data import sources, text, text_file
 from research.models import gpt
-from research.tasks import lm
+from research.tasks import decoding, lm
 
 SEQ_LEN = 8
 
@@ -61,7 +61,7 @@ def test_loss_matches_numpy_cross_entropy_and_metrics_follow():
     batch = {"inputs": targets, "targets": targets}
     reference = numpy_cross_entropy(logits, targets)
 
-    loss, _ = lm.train_loss(jnp.asarray(logits), batch, None)
+    loss, _ = lm.train_loss(jnp.asarray(logits), batch)
     assert float(loss) == pytest.approx(reference.mean(), rel=1e-6)
 
     outputs = jax.tree.map(np.asarray, lm.eval_outputs(jnp.asarray(logits), batch))
@@ -266,7 +266,7 @@ def test_generate_past_the_context_length():
     init = jax.jit(functools.partial(model.init, train=False))  # jitted: 10x faster than eager
     params = init(jax.random.key(0), prompt)["params"]
     # 5 tokens fill the first block; then chunks restart from the last 4 tokens and add 4.
-    out = lm.generate(model, params, prompt, 5 + 4 * 3, rng=jax.random.key(1), temperature=0.0)
+    out = decoding.generate(model, params, prompt, 5 + 4 * 3, rng=jax.random.key(1), temperature=0.0)
     assert out.shape == (1, 20) and np.array_equal(out[:, :3], prompt)
     assert out.min() >= 0 and out.max() < 11
     forward = jax.jit(lambda tokens: model.apply({"params": params}, tokens, train=False))

@@ -10,38 +10,15 @@ import optax
 import pytest
 
 from research import optim
+from research.config import defaults
 
 
 def make_configs(
     optimizer: dict | None = None, schedule: dict | None = None
 ) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
-    """config.optimizer and config.schedule with the documented defaults, then overrides."""
-    optimizer_config = ml_collections.ConfigDict(
-        dict(
-            name="sgd",
-            learning_rate=0.1,
-            momentum=0.9,
-            nesterov=False,
-            b1=0.9,
-            b2=0.999,
-            eps=1e-8,
-            weight_decay=0.0,
-            decay_mask="matrices",
-            clip_norm=0.0,
-            grad_accum_steps=1,
-            ema_decay=0.0,
-        )
-    )
-    schedule_config = ml_collections.ConfigDict(
-        dict(
-            name="constant",
-            warmup_steps=0,
-            end_lr=0.0,
-            decay_steps=0,
-            boundaries=(),
-            decay_factor=0.1,
-        )
-    )
+    """config.optimizer and config.schedule with the declared defaults, then overrides."""
+    declared = defaults()
+    optimizer_config, schedule_config = declared.optimizer, declared.schedule
     optimizer_config.update(optimizer or {})
     schedule_config.update(schedule or {})
     return optimizer_config, schedule_config

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from research.models import attention, gpt, layers, sampling
+from research.models import attention, gpt, layers
+from research.tasks import decoding
 
 
 def param_count(model: nn.Module, length: int = 8) -> int:
@@ -196,7 +197,7 @@ def test_kv_cache_decoding_matches_full_forward(pos_emb):
         logits, variables = model.apply(variables, chunk, train=False, decode=True, mutable=True)
         return logits, variables["cache"]
 
-    cache = sampling.init_cache(model, batch_size=2, max_len=12)
+    cache = decoding.init_cache(model, batch_size=2, max_len=12)
     pieces = []
     for chunk in (tokens[:, :5], *[tokens[:, t : t + 1] for t in range(5, 12)]):
         logits, cache = step(cache, chunk)
@@ -214,7 +215,7 @@ def test_greedy_generate_matches_full_recomputation(tiny):
     model, params = tiny
     prompt = random_tokens(3, (2, 4), 32)
     # top_k=5 shares the compiled loop with the next test; greedy picks the top-1 anyway.
-    out = sampling.generate(
+    out = decoding.generate_in_context(
         model, params, prompt, 8, rng=jax.random.key(0), temperature=0.0, top_k=5
     )
     assert out.shape == (2, 12) and out.dtype == jnp.int32
@@ -232,7 +233,7 @@ def test_greedy_generate_matches_full_recomputation(tiny):
 def test_sampling_is_reproducible_and_in_vocabulary(tiny):
     model, params = tiny
     prompt = random_tokens(4, (2, 4), 32)
-    generate = lambda seed, temperature: sampling.generate(
+    generate = lambda seed, temperature: decoding.generate_in_context(
         model, params, prompt, 8, rng=jax.random.key(seed), temperature=temperature, top_k=5
     )
     a, b, c = generate(1, 1.0), generate(1, 1.0), generate(2, 2.0)  # one compile: T is traced
@@ -240,18 +241,18 @@ def test_sampling_is_reproducible_and_in_vocabulary(tiny):
     assert not np.array_equal(a, c)
     assert int(c.min()) >= 0 and int(c.max()) < 32
     with pytest.raises(ValueError, match="exceeds the model's block_size 16"):
-        sampling.generate(model, params, prompt, 13, rng=jax.random.key(0))
+        decoding.generate_in_context(model, params, prompt, 13, rng=jax.random.key(0))
 
 
 @jax.jit
 def _top_k_draws(key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     logits = jnp.log(jnp.array([[0.1, 0.4, 0.2, 0.3]]))
-    draws = sampling.sample_logits(jnp.tile(logits, (500, 1)), key, 1.0, 2)  # 500 draws
+    draws = decoding.sample_logits(jnp.tile(logits, (500, 1)), key, 1.0, 2)  # 500 draws
     # top_k=1 is greedy whatever the temperature; temperature 0 is greedy whatever top_k.
     return (
         draws,
-        sampling.sample_logits(logits, key, 5.0, 1),
-        sampling.sample_logits(logits, key, 0.0),
+        decoding.sample_logits(logits, key, 5.0, 1),
+        decoding.sample_logits(logits, key, 0.0),
     )
 
 

@@ -40,10 +40,15 @@ KINDS: dict[str, Kind] = {
 
 
 def _kind(data_config: ml_collections.ConfigDict) -> Kind:
-    name = data_config.get("kind", "images")
+    name = data_config.kind
     if name not in KINDS:
         raise ConfigError(f"data.kind={name!r} is unknown; choose one of {sorted(KINDS)}")
     return KINDS[name]
+
+
+def available_offline(data_config: ml_collections.ConfigDict) -> bool:
+    """Whether the data needs no download: tfds mock data, or a builder prepared locally."""
+    return data_config.mock or data_config.name in sources.LOCAL_BUILDERS
 
 
 def info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
@@ -67,4 +72,12 @@ def eval_batches(data_config: ml_collections.ConfigDict, split: str, **kwargs):
     return _kind(data_config).eval_batches(data_config, split, **kwargs)
 
 
-__all__ = ["KINDS", "DatasetInfo", "DatasetUnavailable", "eval_batches", "info", "train_iterator"]
+__all__ = [
+    "KINDS",
+    "DatasetInfo",
+    "DatasetUnavailable",
+    "available_offline",
+    "eval_batches",
+    "info",
+    "train_iterator",
+]

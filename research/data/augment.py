@@ -26,9 +26,9 @@ import scipy.ndimage
 
 AugmentFn = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
-DEFAULTS: dict[str, Any] = dict(
-    crop_padding=0, flip=False, rotate_deg=0.0, scale=0.0, translate=0.0
-)
+# Every augmentation off: the identity, and the declared default of `data.augment`
+# (research/config.py `defaults`).
+OFF: dict[str, Any] = dict(crop_padding=0, flip=False, rotate_deg=0.0, scale=0.0, translate=0.0)
 
 
 def random_crop(image: np.ndarray, rng: np.random.Generator, padding: int) -> np.ndarray:
@@ -79,12 +79,10 @@ def random_affine(
 def from_config(augment_config: Mapping[str, Any] | None) -> AugmentFn:
     """Compose the augmentations switched on in `augment_config` (None or all off: identity)."""
     given = dict(augment_config or {})
-    unknown = set(given) - set(DEFAULTS)
+    unknown = set(given) - set(OFF)
     if unknown:
-        raise ValueError(
-            f"unknown data.augment field(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}"
-        )
-    fields = {**DEFAULTS, **given}
+        raise ValueError(f"unknown data.augment field(s) {sorted(unknown)}; known: {sorted(OFF)}")
+    fields = {**OFF, **given}
 
     steps: list[AugmentFn] = []
     if fields["rotate_deg"] or fields["scale"] or fields["translate"]:

@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 
 from research.data import augment, sources
+from research.errors import ConfigError
 
 Batch = dict[str, np.ndarray]
 
@@ -54,10 +55,10 @@ def train_iterator(
 
     b = global_batch_size // process_count. Resume with `set_state(get_state())` (see above).
     """
-    batch_size = _per_process_batch_size(global_batch_size, process_count)
+    batch_size = per_process_batch_size(global_batch_size, process_count)
     source = sources.open_split(data_config, data_config.train_split)
     normalize = _normalizer(data_config, channels=sources.image_shape(source)[-1])
-    augment_fn = augment.from_config(data_config.get("augment"))
+    augment_fn = augment.from_config(data_config.augment)
 
     def augment_example(example: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         return {**example, "image": augment_fn(example["image"], rng)}
@@ -83,7 +84,7 @@ def eval_batches(
 
     Batches are {"image", "label", "mask": bool [b]}; iterate the result again for another pass.
     """
-    batch_size = _per_process_batch_size(global_batch_size, process_count)
+    batch_size = per_process_batch_size(global_batch_size, process_count)
     source = sources.open_split(data_config, split)
     image_shape = sources.image_shape(source)
     normalize = _normalizer(data_config, channels=image_shape[-1])
@@ -117,13 +118,11 @@ def _to_float(example: dict[str, Any]) -> dict[str, Any]:
 
 def _normalizer(data_config: ml_collections.ConfigDict, channels: int) -> Callable[[Batch], Batch]:
     """Batch -> batch with pixels scaled by data.image_scale, then standardised by data.mean/std."""
-    if data_config.get("image_scale") is None:
-        raise ValueError("set data.image_scale: 1/255 for uint8 images, 1/16 for digits")
     scale = np.float32(data_config.image_scale)
-    mean = np.asarray(data_config.get("mean") or (0.0,) * channels, np.float32)
-    std = np.asarray(data_config.get("std") or (1.0,) * channels, np.float32)
+    mean = np.asarray(data_config.mean or (0.0,) * channels, np.float32)
+    std = np.asarray(data_config.std or (1.0,) * channels, np.float32)
     if mean.shape != (channels,) or std.shape != (channels,):
-        raise ValueError(
+        raise ConfigError(
             f"data.mean={tuple(mean)} and data.std={tuple(std)} need one value per channel "
             f"({channels}) for {data_config.name!r}, or () for none"
         )
@@ -134,7 +133,7 @@ def _normalizer(data_config: ml_collections.ConfigDict, channels: int) -> Callab
     return normalize
 
 
-def _per_process_batch_size(global_batch_size: int, process_count: int) -> int:
+def per_process_batch_size(global_batch_size: int, process_count: int) -> int:
     if global_batch_size % process_count:
         raise ValueError(
             f"global batch size {global_batch_size} is not divisible by {process_count} processes"

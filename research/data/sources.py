@@ -14,7 +14,14 @@ The rest of the pipeline (grain, augmentation, batching) runs unchanged, so smok
 "cifar10" exercise the real code path offline.
 """
 
+import contextlib
 import dataclasses
+import difflib
+import functools
+import importlib.util
+import logging
+import socket
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,9 +30,14 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from research.data import digits  # noqa: F401  (registers the "digits" builder with TFDS)
-from research.errors import DatasetUnavailable
+from research.errors import ConfigError, DatasetUnavailable
 
 MOCK_NUM_EXAMPLES = 512
+
+# Builders prepared here from files a package ships (no download): available on any machine.
+LOCAL_BUILDERS = ("digits",)
+# Where TFDS's own downloads come from; reaching it in a few seconds means the network works.
+_PROBE_HOST, _PROBE_TIMEOUT_S = ("storage.googleapis.com", 443), 5.0
 
 # Splits up to this size are decoded into memory once (CIFAR-10's train split is 150 MB, MNIST's
 # 47 MB): reading and decoding one example from ArrayRecord costs ~50 us (more for PNG), several
@@ -51,14 +63,15 @@ class DatasetInfo:
 def open_split(data_config: ml_collections.ConfigDict, split: str) -> Sequence[dict[str, Any]]:
     """Random-access source of `split`, a TFDS split string such as "train[:90%]"."""
     name = data_config.name
-    if data_config.get("mock", False):
+    data_dir = data_config.data_dir or None  # None: TFDS's default, ~/tensorflow_datasets.
+    check_available(name, data_dir, mock=data_config.mock)
+    if data_config.mock:
         # USE_CODE: feature shapes from the builder's code; never look for metadata files.
         with tfds.testing.mock_data(
             num_examples=MOCK_NUM_EXAMPLES, policy=tfds.testing.MockPolicy.USE_CODE
         ):
             return tfds.data_source(name, split=split, builder_kwargs=_BUILDER_KWARGS)
 
-    data_dir = data_config.get("data_dir") or None  # None: TFDS's default, ~/tensorflow_datasets.
     read = dict(split=split, data_dir=data_dir, builder_kwargs=_BUILDER_KWARGS)
     try:
         return tfds.data_source(
@@ -79,6 +92,81 @@ def open_split(data_config: ml_collections.ConfigDict, split: str) -> Sequence[d
         except Exception:
             message = _unavailable_message(name, split, data_dir, prepare_error)
             raise DatasetUnavailable(message) from prepare_error
+
+
+def check_available(name: str, data_dir: str | None, *, mock: bool = False) -> None:
+    """Fail in seconds, in one line, if `name` cannot be read or prepared here.
+
+    Unknown names are config errors. A dataset neither prepared in data_dir nor local needs
+    TensorFlow (TFDS prepares through it) and the network; without either we say so at once,
+    instead of letting the download retry for minutes.
+    """
+    if not name:
+        raise ConfigError(
+            "data.name is empty; name a TFDS dataset (e.g. mnist, cifar10) or digits (local)"
+        )
+    base = name.partition(":")[0].partition("/")[0]
+    known = _catalog()
+    if base not in known:
+        close = difflib.get_close_matches(base, known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(
+            f"data.name={name!r} is not a TFDS dataset; {hint}"
+            "`python -c 'import tensorflow_datasets as tfds; print(tfds.list_builders())'` lists them"
+        )
+    if mock or base in LOCAL_BUILDERS:
+        return
+    with _absl_quiet():  # "no dataset_info.json" notes while looking.
+        prepared = tfds.builder(name, data_dir=data_dir, **_BUILDER_KWARGS).is_prepared()
+    if prepared:
+        return
+    where = data_dir or tfds.core.constants.DATA_DIR
+    if importlib.util.find_spec("tensorflow") is None:
+        missing = "TensorFlow, which TFDS needs to prepare it, is not installed"
+    elif not _online():
+        missing = f"this machine cannot reach the network ({_PROBE_HOST[0]})"
+    else:
+        return  # Preparable: open_split downloads and prepares it.
+    raise DatasetUnavailable(
+        f"TFDS dataset {name!r} is not prepared in {where} and {missing}. Prepare it once on a "
+        "machine with network access: `pip install tensorflow-cpu importlib_resources && tfds "
+        f"build {base} --file_format=array_record --data_dir=DIR`, then set "
+        "--config.data.data_dir=DIR (or --config.data.mock=true for a smoke test on random data)"
+    )
+
+
+@functools.cache
+def _catalog() -> list[str]:
+    return tfds.list_builders(with_community_datasets=False)
+
+
+def _online() -> bool:
+    """Whether a TCP connection to TFDS's download host opens within a few seconds."""
+    result = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection(_PROBE_HOST, timeout=_PROBE_TIMEOUT_S).close()
+            result.append(True)
+        except OSError:
+            pass
+
+    # A thread, because name resolution itself ignores socket timeouts.
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(_PROBE_TIMEOUT_S + 1)
+    return bool(result)
+
+
+@contextlib.contextmanager
+def _absl_quiet():
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -40,13 +40,13 @@ from research.errors import ConfigError, DatasetUnavailable
 
 def tokenizer(data_config: ml_collections.ConfigDict) -> tokenizers.Tokenizer:
     """The configured tokenizer; "char" is fitted on the text of all splits together."""
-    return _tokenizer(_source_key(data_config), data_config.get("tokenizer", "char"))
+    return _tokenizer(_source_key(data_config), data_config.tokenizer)
 
 
 def split_tokens(data_config: ml_collections.ConfigDict, split: str) -> np.ndarray:
     """The int32 token stream of `split` (a TFDS split string such as "validation+test")."""
     key = _source_key(data_config)
-    return _tokens(key, data_config.get("tokenizer", "char"), split)
+    return _tokens(key, data_config.tokenizer, split)
 
 
 def info(data_config: ml_collections.ConfigDict) -> sources.DatasetInfo:
@@ -76,7 +76,7 @@ def train_iterator(
     Resume with `set_state(get_state())`; the union over processes of their batch k is the global
     batch k, whatever the process count.
     """
-    batch_size = pipeline._per_process_batch_size(global_batch_size, process_count)
+    batch_size = pipeline.per_process_batch_size(global_batch_size, process_count)
     seq_len = _seq_len(data_config)
     tokens = _windowable(data_config, data_config.train_split)
     num_starts = len(tokens) - seq_len  # nanoGPT: torch.randint(len(data) - block_size, ...)
@@ -110,7 +110,7 @@ def eval_batches(
     eval_iters=200). Both estimate the same quantity, the expected per-token loss over the split;
     this one is exact and deterministic, so evaluations are comparable across runs and steps.
     """
-    batch_size = pipeline._per_process_batch_size(global_batch_size, process_count)
+    batch_size = pipeline.per_process_batch_size(global_batch_size, process_count)
     seq_len = _seq_len(data_config)
     tokens = _windowable(data_config, split)
     num_windows = (len(tokens) - 1) // seq_len
@@ -141,8 +141,7 @@ def eval_batches(
 
 def _source_key(data_config: ml_collections.ConfigDict) -> tuple:
     """What identifies the text: (name, data_dir, mock, path, content digest)."""
-    path = data_config.get("path", "")
-    mock = data_config.get("mock", False)
+    path, mock = data_config.path, data_config.mock
     digest = ""
     if path and not mock:
         try:
@@ -152,7 +151,7 @@ def _source_key(data_config: ml_collections.ConfigDict) -> tuple:
                 f"data.path={path!r} cannot be read ({e.strerror}); give an existing text file "
                 "(a relative path is relative to the directory you launch from)"
             ) from None
-    return (data_config.name, data_config.get("data_dir", ""), mock, path, digest)
+    return (data_config.name, data_config.data_dir, mock, path, digest)
 
 
 def _open(key: tuple, split: str) -> Sequence[dict[str, Any]]:
@@ -205,10 +204,7 @@ def _tokens(key: tuple, kind: str, split: str) -> np.ndarray:
 
 
 def _seq_len(data_config: ml_collections.ConfigDict) -> int:
-    seq_len = data_config.get("seq_len", 0)
-    if not isinstance(seq_len, int) or seq_len <= 0:
-        raise ConfigError(f"data.seq_len must be a positive integer, got {seq_len!r}")
-    return seq_len
+    return data_config.seq_len  # A positive integer (research/config.py RULES).
 
 
 def _windowable(data_config: ml_collections.ConfigDict, split: str) -> np.ndarray:

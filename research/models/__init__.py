@@ -1,9 +1,24 @@
-"""Model registry: `config.model.name` picks a flax.linen module; every other field is its argument.
+"""Model registry, and the small interface between a model and the trainer.
+
+`config.model.name` picks a flax.linen module from MODELS; every other field of the section is one
+of its arguments. Loading an experiment fills in the arguments it leaves at their defaults
+(`arguments`), so each is one override and config.json records the whole model:
 
     config.model = dict(name="resnet", depth=20, shortcut="A", num_classes=10)
     model = research.models.build(config.model)   # == CifarResNet(depth=20, shortcut="A", ...)
+
+What the trainer asks of a model, and nothing else:
+
+    model.num_outputs                  the size of the output's last axis: classes or vocabulary
+    with_batch_norm_axis(model, axis)  the model averaging BatchNorm statistics over a device axis
+                                       (a model with BatchNorm sets the class attribute
+                                       `batch_norm = True` and has a `bn_axis_name` field)
+
+Each model checks its own fields when constructed and raises a one-line ValueError, which the
+launcher reports as a config error. SMOKE_SIZES gives each model's size for the `smoke` variant.
 """
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +33,26 @@ MODELS: dict[str, type[nn.Module]] = {
     "gpt": gpt.GPT,
 }
 
+# Module fields that are not config fields: flax's own, and those the trainer sets.
+_NOT_ARGUMENTS = ("parent", "name", "bn_axis_name")
+
+# The `smoke` variant's model size (research/config.py `smoke`): seconds per run on a CPU.
+SMOKE_SIZES: dict[str, dict[str, Any]] = {
+    "cnn": {},  # Already small: 8x8 digits train in seconds.
+    "lenet5": {},
+    "resnet": dict(depth=8),
+    "gpt": dict(num_layers=1, num_heads=2, embed_dim=32, block_size=16),
+}
+
+
+def arguments(name: str) -> dict[str, Any]:
+    """The config fields of model `name` with their defaults (the module's dataclass fields)."""
+    return {
+        f.name: f.default
+        for f in dataclasses.fields(MODELS[name])
+        if f.name not in _NOT_ARGUMENTS and f.default is not dataclasses.MISSING
+    }
+
 
 def build(model_config: Mapping[str, Any]) -> nn.Module:
     """Instantiate the module named by `model_config["name"]` with the remaining fields."""
@@ -26,3 +61,8 @@ def build(model_config: Mapping[str, Any]) -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"unknown model.name {name!r}; choose one of {sorted(MODELS)}")
     return MODELS[name](**fields)
+
+
+def with_batch_norm_axis(model: nn.Module, axis: str | None) -> nn.Module:
+    """`model` computing BatchNorm statistics over the named device `axis` (None: per device)."""
+    return model.clone(bn_axis_name=axis) if getattr(type(model), "batch_norm", False) else model

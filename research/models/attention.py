@@ -1,8 +1,9 @@
 """Multi-head dot-product attention (Vaswani et al. 2017, "Attention Is All You Need", Section 3.2).
 
-One module serves every transformer here: self-attention (GPT, BERT, ViT, the encoder),
-causal self-attention with a KV cache for incremental decoding (GPT, the decoder), and
-cross-attention from queries `x` to keys/values computed from `context` (the decoder).
+One module covers the attention of the Transformer family: bidirectional self-attention with a
+padding mask (an encoder), causal self-attention with a KV cache for incremental decoding (GPT,
+a decoder), and cross-attention from queries `x` to keys/values computed from `context` (a
+decoder attending to an encoder). GPT uses the causal form; the others are tested here.
 
 Parameters are GPT-2's layout: self-attention "qkv" kernel [D, 3D] (q, k, v, each split into
 heads) and "out" [D, D]; cross-attention "query" [D, D] and "key_value" [D_ctx, 2D].

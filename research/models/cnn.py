@@ -10,11 +10,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from research.models.layers import require
+
 # Short names a config can use for `LeNet5.activation` (STYLE principle 2).
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "tanh": jnp.tanh,  # the paper scales it, 1.7159 tanh(2x/3) (Section II.B, Appendix A)
     "relu": nn.relu,
 }
+
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")  # `dtype`; parameters stay float32.
 
 # LeCun normal (LeCun et al. 1998, "Efficient BackProp"): flax's default, written out.
 lecun_normal = nn.initializers.lecun_normal()
@@ -28,6 +32,24 @@ class SmallCNN(nn.Module):
     hidden: int = 128
     dropout_rate: float = 0.0
     dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        require(self.num_classes >= 1, f"SmallCNN num_classes must be >= 1, got {self.num_classes}")
+        require(
+            len(self.features) >= 1 and all(f >= 1 for f in self.features),
+            f"SmallCNN features must be positive widths, got {tuple(self.features)}",
+        )
+        require(self.hidden >= 1, f"SmallCNN hidden must be >= 1, got {self.hidden}")
+        require(
+            0 <= self.dropout_rate < 1,
+            f"SmallCNN dropout_rate must be in [0, 1), got {self.dropout_rate}",
+        )
+        require(self.dtype in COMPUTE_DTYPES, f"SmallCNN dtype must be one of {COMPUTE_DTYPES}")
+        super().__post_init__()
+
+    @property
+    def num_outputs(self) -> int:
+        return self.num_classes
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -57,12 +79,19 @@ class LeNet5(nn.Module):
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"unknown LeNet5 activation {self.activation!r}; "
-                f"choose one of {sorted(ACTIVATIONS)}"
-            )
+        require(
+            self.activation in ACTIVATIONS,
+            f"unknown LeNet5 activation {self.activation!r}; choose one of {sorted(ACTIVATIONS)}",
+        )
+        require(self.num_classes >= 1, f"LeNet5 num_classes must be >= 1, got {self.num_classes}")
+        # C1-S2-C3-S4-C5 take a 32x32 field down to 1x1; a smaller field leaves nothing for C5.
+        require(self.input_size >= 32, f"LeNet5 input_size must be >= 32, got {self.input_size}")
+        require(self.dtype in COMPUTE_DTYPES, f"LeNet5 dtype must be one of {COMPUTE_DTYPES}")
         super().__post_init__()
+
+    @property
+    def num_outputs(self) -> int:
+        return self.num_classes
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:

@@ -38,7 +38,7 @@ class GPT(nn.Module):
     num_layers: int = 12
     num_heads: int = 12
     embed_dim: int = 768
-    mlp_ratio: float = 4
+    mlp_ratio: float = 4.0
     dropout_rate: float = 0.0  # embedding, residual and attention-probability dropout
     use_bias: bool = True
     norm: str = "layer"  # layers.NORMS
@@ -55,20 +55,37 @@ class GPT(nn.Module):
         layers.lookup(layers.POSITIONAL, self.pos_emb, "GPT pos_emb")
         layers.lookup(layers.ACTIVATIONS, self.activation, "GPT activation")
         layers.lookup(DTYPES, self.dtype, "GPT dtype")
-        if self.embed_dim % self.num_heads:
-            raise ValueError(
-                f"GPT embed_dim {self.embed_dim} must be divisible by num_heads {self.num_heads}"
-            )
+        for field in ("vocab_size", "block_size", "num_layers", "num_heads", "embed_dim"):
+            value = getattr(self, field)
+            layers.require(value >= 1, f"GPT {field} must be >= 1, got {value}")
+        layers.require(self.mlp_ratio > 0, f"GPT mlp_ratio must be > 0, got {self.mlp_ratio}")
+        layers.require(
+            0 <= self.dropout_rate < 1,
+            f"GPT dropout_rate must be in [0, 1), got {self.dropout_rate}",
+        )
+        layers.require(
+            self.embed_dim % self.num_heads == 0,
+            f"GPT embed_dim {self.embed_dim} must be divisible by num_heads {self.num_heads}",
+        )
         super().__post_init__()
+
+    @property
+    def num_outputs(self) -> int:
+        return self.vocab_size
 
     @nn.compact
     def __call__(self, tokens: jax.Array, *, train: bool, decode: bool = False) -> jax.Array:
         """Next-token logits for every position; `decode` appends `tokens` to the KV cache.
 
         With `decode=True` positions continue from the cache index; initialize the cache by
-        calling `init` with decode=True on [B, max_len] tokens (see sampling.init_cache).
+        calling `init` with decode=True on [B, max_len] tokens (see research/tasks/decoding.py init_cache).
         """
         length = tokens.shape[1]
+        if length > self.block_size:  # Learned positions stop at block_size; so does training.
+            raise ValueError(
+                f"GPT input of {length} tokens exceeds block_size {self.block_size}; set "
+                "data.seq_len <= model.block_size"
+            )
         dtype, matmul_dtype = DTYPES[self.dtype]
         normal = nn.initializers.normal
         # GPT-2 Section 2.3: scale residual-path weights by 1/sqrt(N), N = 2 residual adds/layer.

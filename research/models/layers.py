@@ -1,4 +1,4 @@
-"""Transformer building blocks shared by GPT, BERT, ViT and the encoder-decoder.
+"""Transformer building blocks (used by GPT; written for any Transformer).
 
 Every ablatable choice is a short string resolved through a table below (STYLE principle 2):
 NORMS (layer | rms), ACTIVATIONS (gelu | gelu_exact | relu | swiglu), RESIDUALS (pre | post norm) and
@@ -17,6 +17,12 @@ import numpy as np
 
 from research.models import precision
 from research.models.attention import Initializer, MultiHeadAttention
+
+
+def require(ok: bool, message: str) -> None:
+    """A model's check of its own fields: a one-line ValueError (reported as a config error)."""
+    if not ok:
+        raise ValueError(message)
 
 
 def lookup(table: Mapping[str, Any], key: str, field: str) -> Any:

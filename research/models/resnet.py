@@ -7,10 +7,14 @@ shortcuts has 269,722 parameters (Table 6: 0.27M).
 
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from research.models.cnn import COMPUTE_DTYPES
+from research.models.layers import require
 
 # He et al. 2015 ("Delving Deep into Rectifiers") normal init, fan-out mode as in torchvision.
 he_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -66,17 +70,31 @@ class CifarResNet(nn.Module):
     # Named mesh/pmap axis over which BatchNorm averages its batch statistics (sync BN).
     bn_axis_name: str | None = None
 
+    batch_norm: ClassVar[bool] = True  # research/models/__init__.py: the trainer sets bn_axis_name.
+
     def __post_init__(self) -> None:
-        if (self.depth - 2) % 6 != 0 or self.depth < 8:
-            raise ValueError(
-                f"CifarResNet depth must be 6n+2 with n >= 1 (8, 20, 32, 44, 56, 110, ...), "
-                f"got {self.depth}"
-            )
-        if self.shortcut not in SHORTCUTS:
-            raise ValueError(
-                f"unknown CifarResNet shortcut {self.shortcut!r}; choose one of {SHORTCUTS}"
-            )
+        require(
+            (self.depth - 2) % 6 == 0 and self.depth >= 8,
+            f"CifarResNet depth must be 6n+2 with n >= 1 (8, 20, 32, 44, 56, 110, ...), "
+            f"got {self.depth}",
+        )
+        require(
+            self.shortcut in SHORTCUTS,
+            f"unknown CifarResNet shortcut {self.shortcut!r}; choose one of {SHORTCUTS}",
+        )
+        require(
+            self.num_classes >= 1, f"CifarResNet num_classes must be >= 1, got {self.num_classes}"
+        )
+        require(
+            len(self.widths) >= 1 and all(w >= 1 for w in self.widths),
+            f"CifarResNet widths must be positive, got {tuple(self.widths)}",
+        )
+        require(self.dtype in COMPUTE_DTYPES, f"CifarResNet dtype must be one of {COMPUTE_DTYPES}")
         super().__post_init__()
+
+    @property
+    def num_outputs(self) -> int:
+        return self.num_classes
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:

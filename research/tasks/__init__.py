@@ -3,17 +3,20 @@
 A task knows losses and metrics, not training: it never sees optimizers, devices or checkpoints.
 """
 
+from collections.abc import Callable
+
 from research.tasks import classification, lm
 from research.tasks.base import Task
 
-TASKS: dict[str, Task] = {
-    "classification": classification.TASK,
-    "lm": lm.TASK,
+# name -> make(label_smoothing) -> Task.
+TASKS: dict[str, Callable[..., Task]] = {
+    "classification": classification.make,
+    "lm": lm.make,
 }
 
 
-def get(name: str) -> Task:
-    """The task named `name` (`config.task`)."""
+def build(name: str, *, label_smoothing: float = 0.0) -> Task:
+    """The task named `name` (`config.task`) with its options (`train.label_smoothing`)."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
-    return TASKS[name]
+    return TASKS[name](label_smoothing=label_smoothing)

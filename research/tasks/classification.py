@@ -1,5 +1,6 @@
 """Image classification: softmax cross-entropy; accuracy, top-k and per-class metrics (scikit-learn)."""
 
+import functools
 from typing import Any
 
 import jax
@@ -11,12 +12,13 @@ from sklearn import metrics as skm
 from research.tasks.base import Task
 
 
-def train_loss(logits: jax.Array, batch: dict, config: Any) -> tuple[jax.Array, dict]:
+def train_loss(
+    logits: jax.Array, batch: dict, label_smoothing: float = 0.0
+) -> tuple[jax.Array, dict]:
     """Mean cross-entropy with optional label smoothing (Szegedy et al. 2016); also accuracy."""
     num_classes = logits.shape[-1]
     targets = jax.nn.one_hot(batch["label"], num_classes)
-    smoothing = config.train.get("label_smoothing", 0.0)
-    targets = optax.smooth_labels(targets, smoothing) if smoothing else targets
+    targets = optax.smooth_labels(targets, label_smoothing) if label_smoothing else targets
     loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
     accuracy = (logits.argmax(-1) == batch["label"]).mean()
     return loss, {"accuracy": accuracy}
@@ -41,7 +43,7 @@ def summarize(outputs: dict[str, np.ndarray], info: Any) -> tuple[dict[str, floa
             skm.f1_score(labels, predictions, labels=classes, average="macro", zero_division=0)
         ),
     }
-    if len(classes) > 5:
+    if (info.num_classes if info is not None else len(classes)) > 5:  # See metric_names.
         metrics["top5_accuracy"] = float(
             skm.top_k_accuracy_score(labels, probs, k=5, labels=classes)
         )
@@ -71,11 +73,19 @@ def report(details: dict) -> str:
     )
 
 
-TASK = Task(
-    input_key="image",
-    input_dtype="float32",
-    train_loss=train_loss,
-    eval_outputs=eval_outputs,
-    summarize=summarize,
-    report=report,
-)
+def metric_names(info: Any) -> tuple[str, ...]:
+    """What `summarize` returns for data with `info.num_classes` classes."""
+    return ("loss", "accuracy", "macro_f1") + (("top5_accuracy",) if info.num_classes > 5 else ())
+
+
+def make(label_smoothing: float = 0.0) -> Task:
+    """The classification task; `label_smoothing` is train.label_smoothing."""
+    return Task(
+        input_key="image",
+        input_dtype="float32",
+        train_loss=functools.partial(train_loss, label_smoothing=label_smoothing),
+        eval_outputs=eval_outputs,
+        summarize=summarize,
+        metric_names=metric_names,
+        report=report,
+    )

@@ -1,53 +1,48 @@
 """A character-level GPT on tiny Shakespeare: nanoGPT's `train_shakespeare_char` recipe.
 
-    # The recipe (6 layers, 384 wide, context 256; 10.7M parameters): an A100-sized run.
+    # The recipe (6 layers, 384 wide, context 256; 10.7M parameters): a GPU-sized run.
     python launch.py --config=experiments/shakespeare_char_gpt.py --workdir=runs/shakespeare_char
     # nanoGPT's CPU recipe (4 layers, 128 wide, context 64; 0.8M parameters).
     python launch.py --config=experiments/shakespeare_char_gpt.py:cpu \\
-        --config.data.path=../shared/data/tinyshakespeare.txt --workdir=runs/shakespeare_cpu
+        --config.data.path=path/to/tinyshakespeare.txt --workdir=runs/shakespeare_cpu
     # The same with float32 matmuls (the cpu variant multiplies bfloat16 operands; same loss).
     python launch.py --config=experiments/shakespeare_char_gpt.py:cpu,fp32 ...
+    # Seconds, no files, no network: a 1-layer model on tfds's mock text.
+    python launch.py --config=experiments/shakespeare_char_gpt.py:smoke --workdir=/tmp/smoke
     # Text from a trained run.
     python launch.py sample --workdir=runs/shakespeare_cpu --prompt="ROMEO:" --max_new_tokens=500
 
-Source: Karpathy's nanoGPT (github.com/karpathy/nanoGPT), config/train_shakespeare_char.py and the
-README's "quick start". The recipe below is that file with train.py's defaults it relies on
-(AdamW b1 0.9, weight decay 0.1 on matrices only, clip 1.0, no biases).
+Reproduces Karpathy's nanoGPT (github.com/karpathy/nanoGPT): config/train_shakespeare_char.py and
+the README's "quick start", with the train.py defaults the recipe relies on (AdamW b1 0.9, weight
+decay 0.1 on matrices only, clip 1.0, no biases).
 
 Data: Karpathy's tinyshakespeare input.txt (1,115,394 characters, 65 distinct). By default TFDS
-`tiny_shakespeare`, which downloads it on first use (needs network and TensorFlow for preparing);
-`--config.data.path=FILE` reads a local copy instead (research/data/text_file.py). Either way the
-train split is the first 90% of the characters and `validation+test` the last 10%: exactly
-nanoGPT's data/shakespeare_char/prepare.py split. Evaluation scores every non-overlapping window of
-that 10% once; nanoGPT's `estimate_loss` averages eval_iters random windows instead (both estimate
-the mean per-token loss; see research/data/text.py). Checkpoints are chosen on it, as in nanoGPT:
-there is no held-out test text, so the final "test" evaluation is the same split again.
+`tiny_shakespeare`, which downloads it on first use (needs network, and TensorFlow to prepare);
+`--config.data.path=FILE` reads a local copy instead, e.g. nanoGPT's
+data/shakespeare_char/input.txt (research/data/text_file.py). Either way the train split is the
+first 90% of the characters and `validation+test` the last 10%: exactly nanoGPT's
+data/shakespeare_char/prepare.py split. Evaluation scores every non-overlapping window of that 10%
+once; nanoGPT's `estimate_loss` averages eval_iters random windows instead (both estimate the mean
+per-token loss; research/data/text.py). Checkpoints are chosen on it, as in nanoGPT: there is no
+held-out test text, so the final "test" evaluation is the same split again.
 
 Expected:
-  recipe: val loss 1.4697 at 5,000 steps (nanoGPT README: "the best validation loss is 1.4697").
-          Not run here (CPU only). Tolerance 0.02: about two seed standard deviations (0.011,
-          measured on the cpu variant below).
-  cpu:    nanoGPT's README reports val loss 1.88 at 2,000 steps ("I only have a macbook"): one
-          run (seed 1337) scored by a 20-batch random estimate. The machine check here is the
-          PyTorch reference scored like ours instead: ../shared/bench/torch_gpt.py trained on
-          this machine, every validation window scored once, seeds 1337/1/2: 1.8948, 1.9133,
-          1.9130, mean 1.907 (std 0.009); checked as within 1.907 +/- 0.02
-          (bench/parity/NOTES.md: one-step parity with identical weights to ~1e-9 in gradients).
-  Measured here, cpu variant with --config.data.path=../shared/data/tinyshakespeare.txt:
-          val loss 1.9070 at step 2,000 (seed 0); seeds 1 and 2: 1.9175 and 1.8950 (mean of 3:
-          1.9065) -- the reference's mean to 0.0005. Float32, one batch per step (as nanoGPT):
-          1.9064, 1.9172, 1.8959 (mean 1.9065). A 20-batch estimate on the float32 seed-0
-          checkpoint has std 0.016 (minimum 1.8675 over 50 repeats), so nanoGPT's single 1.88 is
-          within its noise. Evaluation curve (float32, seed 0), every 250 steps: 2.452 2.305 2.176
-          2.094 2.003 1.963 1.931 1.906.
+  recipe  val loss 1.4697 at 5,000 steps (nanoGPT README: "the best validation loss is 1.4697"),
+          tolerance 0.02 (about two seed standard deviations, measured on `cpu`). Not run here.
+  cpu     val loss within 1.907 +/- 0.02: the PyTorch reference (nanoGPT's model and recipe),
+          trained here and scored on every validation window, 3 seeds: 1.907 +/- 0.009
+          (docs/parity.md). nanoGPT's README reports 1.88 from one run scored on a 20-batch
+          random estimate. Measured: 1.9070 (seed 0; mean of 3 seeds 1.9065; docs/results.md).
 Runtime:
-  recipe: about 3 minutes on one A100 (nanoGPT README); not measured here.
-  cpu:    79 s wall on a 2-core x86-64 CPU with AVX-512 BF16 (2026), load ~1.5: 22-26 ms per
-          training step (PyTorch reference: 34-48 ms, bench/gpt_cpu.py), plus 9 evaluations of all
-          1,742 validation windows. `cpu,fp32`: 124 s (val 1.9064 before micro-batches). Float32 one
-          step per call: 236 s. nanoGPT README: about 3 minutes on a MacBook CPU.
-  smoke:  a 1-layer model for 6 steps on tfds's mock text (no files, no network), for the tests;
-          ~10 s after compilation.
+  recipe  about 3 minutes on one A100 (nanoGPT README); not measured here.
+  cpu     79 s on a 2-core x86-64 CPU (AVX-512 BF16), 2026: 2,000 steps at 22-26 ms each plus
+          9 evaluations of the 1,742 validation windows. `cpu,fp32`: 124 s (measured before the
+          2 micro-batches). nanoGPT README: about 3 minutes on a MacBook CPU.
+Variants:
+  cpu       nanoGPT's CPU recipe, computed faster on a CPU with the same update (see get_config).
+  cpu,fp32  the same with float32 matmuls: nanoGPT's numerics up to summation order.
+  smoke     12 steps of a 1-layer model (research/config.py); `cpu,smoke` shrinks the cpu recipe.
+  sweep()   post-norm, RMSNorm and rotary positions on the cpu recipe, below.
 
 A different text or tokenizer: model.vocab_size must cover the tokenizer's vocabulary (65 here;
 `--config.data.tokenizer=gpt2 --config.model.vocab_size=50304` for GPT-2 BPE, nanoGPT's padded
@@ -62,7 +57,7 @@ from research.sweeps import Sweep, ablation
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """nanoGPT's shakespeare_char recipe; variants `cpu` (its CPU recipe) and `smoke`."""
+    """nanoGPT's shakespeare_char recipe; variants `cpu` (its CPU recipe) and `cpu,fp32`."""
     variant = parse_arg(arg, cpu=False, fp32=False)
     if variant.fp32 and not variant.cpu:
         raise ConfigError("variant fp32 modifies cpu (the others are float32): use :cpu,fp32")
@@ -149,8 +144,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.expected.tolerance = 0.02
         c.expected.comparison = "within"
         c.expected.source = (
-            "shared/bench/torch_gpt.py on this machine, full-split eval, 3 seeds: 1.907 +/- 0.009 "
-            "(nanoGPT README: 1.88, one run, 20-batch estimate); bench/parity/NOTES.md"
+            "the PyTorch reference (nanoGPT's model and recipe), trained here and scored on every "
+            "validation window, 3 seeds: 1.907 +/- 0.009 (docs/parity.md); nanoGPT README: 1.88, "
+            "one run, 20-batch estimate"
         )
     return c
 
@@ -158,13 +154,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 def sweep(arg: str | None = None) -> Sweep:
     """Ablate the GPT's layout on the CPU recipe: post-norm, RMSNorm, rotary positions.
 
-        python launch.py sweep --config=experiments/shakespeare_char_gpt.py:path=FILE \
+        python launch.py sweep \\
+            --config=experiments/shakespeare_char_gpt.py:path=path/to/tinyshakespeare.txt \\
             --workdir=sweeps/gpt_layout --parallel=2
         python launch.py report sweeps/gpt_layout
 
     Each cell is the `cpu` recipe (2,000 steps) with one change, at 3 seeds (12 runs). `path=FILE`
-    reads a local copy of tinyshakespeare instead of TFDS's; `quick` runs 600 steps at 2 seeds;
-    `smoke` is 2 cells x 2 seeds of the smoke config, for tests.
+    reads a local copy of tinyshakespeare instead of TFDS's; `quick` runs 600 steps at 2 seeds
+    (no expected result: the target is a 2,000-step number); `smoke` is 2 cells x 2 seeds of the
+    smoke config, for tests. Measured (`quick` only): docs/results.md.
     """
     variant = parse_arg(arg, path="", quick=False, smoke=False)
     variants = {
@@ -177,5 +175,5 @@ def sweep(arg: str | None = None) -> Sweep:
     baseline = {"data.path": variant.path} if variant.path else {}
     if variant.quick:
         baseline |= {"train.steps": 600, "schedule.decay_steps": 600, "train.eval_every_steps": 300}
-        baseline |= {"expected.metric": ""}  # 1.88 is a 2,000-step number.
+        baseline |= {"expected.metric": ""}  # The target is a 2,000-step number.
     return ablation(baseline, variants, seeds=2 if variant.quick else 3, config_arg="cpu")

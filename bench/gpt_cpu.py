@@ -9,9 +9,10 @@
 What is timed is the project's own training step. Each variant runs the real trainer
 (`research.train.run` on experiments/shakespeare_char_gpt.py:cpu plus the variant's overrides)
 for `--trainer_steps` steps and reads its steps/s from metrics.jsonl (median of the 50-step log
-windows after the first): input pipeline, host stacking and logging included. The compiled step
-that trainer built is kept (`parallel.compile_step` is wrapped to capture it) and then timed alone
-on pre-built batches of real data, in rounds that alternate with the PyTorch reference
+windows after the first): input pipeline, host stacking and logging included. Then the step is
+built as run() builds it (`steps.build`, `steps.compile_train_step`), from the trainer's final
+state (`checkpoint.restore_state`, placed with the state sharding), and timed alone on pre-built
+batches of real data, in rounds that alternate with the PyTorch reference
 (../shared/bench/torch_gpt.py, same recipe) and with a matmul peak measurement: the machines are
 shared, so only numbers measured side by side are compared, and each ratio is the median of
 per-round ratios. The reference also runs just before and after each trainer run.
@@ -21,13 +22,16 @@ step), `scan10` (10 steps per compiled call), `bf16` (matmul operands in bfloat1
 accumulation) and `cpu` (the experiment as written: also the batch as 2 micro-batches).
 
 Reported per variant: ms/step, steps/s, tokens/s, the trainer's ms/step, the first call's time
-(trace + compile + one call, seconds), the input pipeline's host CPU time per step as a share of
-the step, GFLOP/s and MFU, and the ratio torch ms / our ms (> 1: we are faster). FLOPs are
-nanoGPT's `estimate_mfu` count, 6N + 12 L D T per token (N: parameters without the position
-table); the peak is the best 1024^3 matmul (float32 and bfloat16) measured in the same rounds.
+(trace + compile + one call of that step, seconds, in a process the trainer has warmed up), the
+input pipeline's host CPU time per step as a share of the step, GFLOP/s and MFU, and the ratio
+torch ms / our ms (> 1: we are faster). FLOPs are nanoGPT's `estimate_mfu` count, 6N + 12 L D T
+per token (N: parameters without the position table); the peak is the best 1024^3 matmul
+(float32 and bfloat16) measured in the same rounds. The footer and the JSON line name the CPU
+and which of the features that set its matmul speed it has (avx2, avx512f, avx512_bf16,
+amx_bf16; from /proc/cpuinfo).
 
-A variant is NAME=ARGS, ARGS space-separated: `--config.a.b=v` overrides (model.* fields the
-experiment does not list are GPT arguments, added), `--xla_...` XLA flags (set as that variant's
+A variant is NAME=ARGS, ARGS space-separated: `--config.a.b=v` overrides (any config field,
+e.g. `--config.model.dtype=bfloat16`), `--xla_...` XLA flags (set as that variant's
 XLA_FLAGS), `--repo=DIR` another checkout of this project. Prints a table, then one JSON line.
 bench/NOTES.md records what was tried and what it gave.
 """
@@ -57,8 +61,9 @@ DEFAULT_VARIANTS = (
 
 
 # -------------------------------------------------------------------------------------------------
-# Worker: one process per variant. Runs the trainer, keeps its compiled step, then answers
-# timing requests (JSON lines on stdin/stdout) so the coordinator can interleave measurements.
+# Worker: one process per variant. Runs the trainer, builds the same step from its final state,
+# then answers timing requests (JSON lines on stdin/stdout) so the coordinator can interleave
+# measurements.
 # -------------------------------------------------------------------------------------------------
 
 
@@ -69,8 +74,8 @@ def worker(spec: dict) -> None:
     import jax.numpy as jnp
     import numpy as np
 
+    from research import checkpoint, data, parallel, steps, train
     from research import config as config_lib
-    from research import data, models, parallel, train
 
     absl.logging.set_verbosity(absl.logging.ERROR)  # TFDS's "custom data configuration" notes.
     # Replies go to the original stdout; the trainer's own prints go to /dev/null.
@@ -85,47 +90,30 @@ def worker(spec: dict) -> None:
         "train.checkpoint_every_steps": spec["trainer_steps"],
         **spec["overrides"],
     }
-    # model.* fields the experiment leaves at the module's default (e.g. dtype) are added here:
-    # they are GPT's constructor arguments.
-    model_fields = {k: v for k, v in overrides.items() if k.startswith("model.")}
-    config = config_lib.build_config(
-        EXPERIMENT, {k: v for k, v in overrides.items() if k not in model_fields}
-    )
-    with config.unlocked():
-        for key, value in model_fields.items():
-            config.model[key.partition(".")[2]] = value
+    config = config_lib.build_config(EXPERIMENT, overrides)
     tc = config.train
     steps_per_call = tc.steps_per_call
 
-    # The trainer's compiled step, its first call's duration and the state after its last call.
-    captured = {}
-    compile_step = parallel.compile_step
-
-    def capturing_compile_step(*args, **kwargs):
-        step_fn = compile_step(*args, **kwargs)
-
-        def step(state, batch):
-            start = time.perf_counter()
-            out = jax.block_until_ready(step_fn(state, batch))
-            captured.setdefault("first_call_s", time.perf_counter() - start)
-            captured["state"] = out[0]
-            return out
-
-        captured["step_fn"] = step_fn
-        return step
-
-    parallel.compile_step = capturing_compile_step
+    # The real trainer: its steps/s from metrics.jsonl, and its state after the last step.
+    parts = steps.build(config, data.info(config.data).input_shape)
+    abstract_state = steps.abstract_state(parts)
     with tempfile.TemporaryDirectory() as workdir:
         train.run(config, workdir)
         lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
+        saved_step, saved_state = checkpoint.restore_state(Path(workdir) / "checkpoints")
+    assert saved_step == tc.steps, (saved_step, tc.steps)
     records = [json.loads(line) for line in lines]
-    parallel.compile_step = compile_step
     windows = [r["steps_per_s"] for r in records if r["split"] == "train"]
     trainer_steps_per_s = statistics.median(windows[1:])  # The first window holds the compile.
     val_loss = [r["loss"] for r in records if r["split"] == "eval"][-1]
 
-    # Batches of real data, built (and placed) before timing: the step alone.
+    # The step alone: built as the trainer builds it, from the trained state, on the same mesh.
     mesh = parallel.make_mesh(config.parallel)
+    state_sharding = parallel.state_sharding(abstract_state, mesh)
+    state = jax.device_put(_as_tree_of(abstract_state, saved_state), state_sharding)
+    step_fn = steps.compile_train_step(parts, config.parallel, mesh, state_sharding, steps_per_call)
+
+    # Batches of real data, built (and placed) before timing: the step alone.
     iterator_args = dict(
         global_batch_size=tc.batch_size, seed=tc.seed + 1, process_index=0, process_count=1
     )
@@ -140,6 +128,11 @@ def worker(spec: dict) -> None:
         )
 
     batches = [parallel.global_batch(host_batch(), mesh, stacked) for _ in range(8)]
+    start = time.perf_counter()  # The first call: trace, compile and one run.
+    state, metrics = step_fn(state, batches[0])
+    jax.block_until_ready(metrics)
+    first_call_s = time.perf_counter() - start
+
     # Input pipeline: host CPU time (all threads) and wall time per step to make batches.
     next(data.train_iterator(config.data, **iterator_args))  # Warm: tokens cached, threads up.
     train_iter = data.train_iterator(config.data, **iterator_args)
@@ -150,15 +143,13 @@ def worker(spec: dict) -> None:
     input_cpu_ms = (time.process_time() - cpu0) / (calls * steps_per_call) * 1e3
     input_wall_ms = (time.perf_counter() - wall0) / (calls * steps_per_call) * 1e3
 
-    model = models.build(config.model)
-    tokens = jnp.zeros((1, config.data.seq_len), jnp.int32)
-    params = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens, train=False))["params"]
+    params = abstract_state["params"]
     num_params = sum(x.size for x in jax.tree.leaves(params))
     position_params = sum(x.size for x in jax.tree.leaves(params.get("wpe", {})))
     reply(
         ready=True,
         steps_per_call=steps_per_call,
-        dtype=config.model.get("dtype", "float32"),
+        dtype=config.model.dtype,
         num_params=int(num_params),
         tokens_per_step=tc.batch_size * config.data.seq_len,
         # nanoGPT estimate_mfu's attention term per token: 12 * layers * width * context.
@@ -167,7 +158,7 @@ def worker(spec: dict) -> None:
         * config.model.embed_dim
         * config.data.seq_len,
         non_position_params=int(num_params - position_params),
-        first_call_s=captured["first_call_s"],
+        first_call_s=first_call_s,
         trainer_steps_per_s=trainer_steps_per_s,
         trainer_val_loss=val_loss,
         input_cpu_ms=input_cpu_ms,
@@ -175,7 +166,6 @@ def worker(spec: dict) -> None:
         xla_flags=os.environ.get("XLA_FLAGS", ""),
     )
 
-    step_fn, state = captured["step_fn"], captured["state"]
     matmul = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
     for line in sys.stdin:
         request = json.loads(line)
@@ -193,6 +183,21 @@ def worker(spec: dict) -> None:
             n = request["size"]
             peaks = {dtype: _matmul_gflops(matmul, jnp.ones((n, n), dtype)) for dtype in DTYPES}
             reply(gflops=peaks)
+
+
+def _as_tree_of(abstract_state: dict, saved: dict) -> dict:
+    """`saved` (checkpoint.restore_state) in the step's tree structure. A checkpoint reads optax's
+    namedtuple states back as dicts of their fields, so leaves are matched by their path names
+    (a field's name, a dict's key, a sequence's index), which both trees share."""
+    import jax
+
+    def name(path: tuple) -> str:
+        return "/".join(
+            str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k)))) for k in path
+        )
+
+    by_name = {name(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(saved)}
+    return jax.tree_util.tree_map_with_path(lambda path, _: by_name[name(path)], abstract_state)
 
 
 def _matmul_gflops(matmul, a) -> float:
@@ -272,6 +277,28 @@ def torch_reference(args: argparse.Namespace, iters: int) -> float:
 
 def load_average() -> float:
     return os.getloadavg()[0]
+
+
+# ISA features that decide XLA:CPU's matmul speed (bfloat16 dots need avx512_bf16 or amx_bf16).
+CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def cpu_info() -> dict:
+    """The CPU's model name and which of CPU_FEATURES it has, from /proc/cpuinfo (Linux)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return {"model": "unknown", "features": {}}
+    fields = {}
+    for line in lines:
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())  # The first CPU's; all are alike.
+    flags = set(fields.get("flags", "").split())
+    return {
+        "model": fields.get("model name", "unknown"),
+        "features": {name: name in flags for name in CPU_FEATURES},
+    }
 
 
 def main() -> None:
@@ -418,6 +445,10 @@ def report(args, variants, torch_ms, loads) -> None:
             for value, (_, width, fmt) in zip(row, columns)
         ]
         print("  ".join(cells))
+    cpu = cpu_info()
+    isa = ", ".join(
+        f"{name} {'yes' if present else 'no'}" for name, present in cpu["features"].items()
+    )
     peaks = [results[v.name]["peak_gflops_f32"] for v in variants]
     peaks16 = [results[v.name]["peak_gflops_bf16"] for v in variants]
     print(
@@ -426,7 +457,8 @@ def report(args, variants, torch_ms, loads) -> None:
         f"reference run just before and after. Input: host CPU time to make a step's batch / "
         f"step time. MFU: nanoGPT's 6N + 12*L*D*T FLOPs/token against the matmul peak measured "
         f"here ({median(peaks):.0f} GFLOP/s f32, {median(peaks16):.0f} bf16). Load average "
-        f"{min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} CPUs."
+        f"{min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} CPUs: {cpu['model']} "
+        f"({isa or 'features unknown'})."
     )
     summary = {
         "benchmark": "gpt_cpu",
@@ -435,6 +467,7 @@ def report(args, variants, torch_ms, loads) -> None:
         "torch_ms_rounds": torch_ms,
         "load_average": [round(x, 2) for x in loads],
         "cpus": os.cpu_count(),
+        "cpu": cpu,
         "variants": results,
     }
     print(json.dumps(summary))

@@ -5,7 +5,7 @@ An experiment file defines `get_config(arg=None) -> ml_collections.ConfigDict`, 
 `experiments/x.py` or `experiments/x.py:arg`, and any field can be overridden with the
 ml_collections/absl syntax `--config.section.field=value`. The value is parsed to the type the field
 already has, so `--config.train.steps=1.5` and unknown keys fail here, in one line, before anything
-compiles. Every field's allowed values are declared once, in `RULES`; `validate` checks them all.
+compiles. Every field's allowed values are declared once, in `rules()`; `validate` checks them all.
 
 Every default lives in `defaults()` (the model section: in the model's own dataclass fields, which
 loading copies in, so every model argument is one override too). Code reads fields as attributes
@@ -404,7 +404,9 @@ FRACTION = Rule("fraction", "a number in [0, 1)", lambda v: _is_number(v) and 0 
 FINITE = Rule("finite", "a finite number", _is_number)
 FLAG = Rule("flag", "true or false", lambda v: isinstance(v, bool))
 TEXT = Rule("text", "a string", lambda v: isinstance(v, str))
-SPLIT = Rule("split", "a TFDS split such as train or train[:90%]", lambda v: bool(v))
+SPLIT = Rule(
+    "split", "a TFDS split such as train or train[:90%]", lambda v: isinstance(v, str) and bool(v)
+)
 POSITIVE_INTS = Rule(
     "positive_ints", "a tuple of positive integers", lambda v: _all(v, POSITIVE_INT.ok)
 )
@@ -516,6 +518,11 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
             if rule.kind == "choice":
                 raise ConfigError(f"{key}={value!r} is unknown; choose one of {rule.says}")
             raise ConfigError(f"{key} must be {rule.says}, got {value!r}")
+    if config.data.path and (config.data.kind != "text" or config.data.mock):
+        raise ConfigError(
+            f"data.path={config.data.path!r} reads a local text file: it needs data.kind=text "
+            "and no data.mock (mock data replaces it)"
+        )
     train = config.train
     try:
         optim.validate(config.optimizer, config.schedule, train.steps)

@@ -177,7 +177,10 @@ def run(
                 )
             elif relaunch.changes:
                 extra["changed"] = relaunch.changes
-                print(f"resuming with changes: {workdir.describe_changes(relaunch.changes)}", flush=True)
+                print(
+                    f"resuming with changes: {workdir.describe_changes(relaunch.changes)}",
+                    flush=True,
+                )
             if relaunch.results is not None:  # Extended past its end: those results are old.
                 workdir.supersede_results(wd, relaunch.results["step"])
             workdir.write_json(wd / "config.json", config.to_dict())

@@ -27,6 +27,7 @@ import platform
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -119,12 +120,14 @@ def check_path(workdir: Path) -> None:
     """Refuse a workdir that is a file, or that cannot be created or written."""
     if workdir.exists() and not workdir.is_dir():
         raise ConfigError(f"--workdir={workdir} is a file, not a directory; choose another path")
-    existing = next(p for p in (workdir, *workdir.absolute().parents) if p.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
+    existing = next(p for p in (workdir.absolute(), *workdir.absolute().parents) if p.exists())
+    try:  # A probe, not os.access: that says yes to root on a read-only filesystem.
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as e:
         raise ConfigError(
-            f"--workdir={workdir} cannot be written ({existing} is read-only for this user); "
-            "choose a writable path"
-        )
+            f"--workdir={workdir} cannot be written ({existing}: {e.strerror}); choose a "
+            "writable path"
+        ) from None
 
 
 def stored_config(workdir: Path) -> dict | None:

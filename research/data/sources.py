@@ -23,6 +23,7 @@ import logging
 import socket
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import ml_collections
@@ -66,6 +67,12 @@ def open_split(data_config: ml_collections.ConfigDict, split: str) -> Sequence[d
     data_dir = data_config.data_dir or None  # None: TFDS's default, ~/tensorflow_datasets.
     check_available(name, data_dir, mock=data_config.mock)
     if data_config.mock:
+        # Mock data has no split metadata: every split name reads the same random examples, so
+        # only the split's syntax can be checked.
+        try:
+            tfds.core.ReadInstruction.from_spec(split)
+        except ValueError as e:
+            _raise_if_bad_split(e, name, split)
         # USE_CODE: feature shapes from the builder's code; never look for metadata files.
         with tfds.testing.mock_data(
             num_examples=MOCK_NUM_EXAMPLES, policy=tfds.testing.MockPolicy.USE_CODE
@@ -85,13 +92,25 @@ def open_split(data_config: ml_collections.ConfigDict, split: str) -> Sequence[d
             **read,
         )
     except Exception as prepare_error:
+        _raise_if_bad_split(prepare_error, name, split)
         # Two processes preparing into one data_dir race to rename their temporary directories;
         # the loser's rename fails, but the winner's dataset is there to read.
         try:
             return tfds.data_source(name, download=False, **read)
-        except Exception:
+        except Exception as read_error:
+            _raise_if_bad_split(read_error, name, split)
             message = _unavailable_message(name, split, data_dir, prepare_error)
             raise DatasetUnavailable(message) from prepare_error
+
+
+def _raise_if_bad_split(error: Exception, name: str, split: str) -> None:
+    """A split TFDS cannot parse or does not have is a config error, not missing data."""
+    if isinstance(error, ValueError) and "split" in str(error).lower():
+        reason = (str(error).strip().splitlines() or [""])[0]
+        raise ConfigError(
+            f"split {split!r} of {name!r}: {reason} (data.train_split, data.eval_split and "
+            "data.test_split take TFDS split strings such as train[:90%])"
+        ) from None
 
 
 def check_available(name: str, data_dir: str | None, *, mock: bool = False) -> None:
@@ -114,6 +133,8 @@ def check_available(name: str, data_dir: str | None, *, mock: bool = False) -> N
             f"data.name={name!r} is not a TFDS dataset; {hint}"
             "`python -c 'import tensorflow_datasets as tfds; print(tfds.list_builders())'` lists them"
         )
+    if data_dir and Path(data_dir).exists() and not Path(data_dir).is_dir():
+        raise ConfigError(f"data.data_dir={data_dir!r} is a file; give a directory")
     if mock or base in LOCAL_BUILDERS:
         return
     with _absl_quiet():  # "no dataset_info.json" notes while looking.
@@ -209,9 +230,20 @@ def image_shape(source: Sequence[dict[str, Any]]) -> tuple[int, ...]:
     return shape
 
 
+def require_features(source: Any, names: Sequence[str], kind: str) -> None:
+    """Raise ConfigError if the dataset lacks the features that data.kind=`kind` reads."""
+    have = set(source.dataset_info.features.keys())
+    if not set(names) <= have:
+        raise ConfigError(
+            f"data.name={source.dataset_info.name!r} has features {sorted(have)}, but "
+            f"data.kind={kind!r} reads {list(names)}; choose a dataset of that kind"
+        )
+
+
 def info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
     """Classes, example shape and training-set size of the configured dataset."""
     train = open_split(data_config, data_config.train_split)
+    require_features(train, ("image", "label"), "images")
     # The prepared dataset's own info: it carries the class names found while preparing
     # (TFDS's cifar10 code, for one, only knows them as "0".."9").
     label = train.dataset_info.features["label"]

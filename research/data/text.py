@@ -178,6 +178,8 @@ def _open(key: tuple, split: str) -> Sequence[dict[str, Any]]:
 @functools.lru_cache(maxsize=16)
 def _text(key: tuple, split: str) -> str:
     source = _open(key, split)
+    if hasattr(source, "dataset_info"):
+        sources.require_features(source, ("text",), "text")
     texts = [source[i]["text"] for i in range(len(source))]
     # Prepared TFDS datasets return UTF-8 bytes; tfds's mock data returns str.
     return "".join(t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in texts)
@@ -204,7 +206,7 @@ def _tokens(key: tuple, kind: str, split: str) -> np.ndarray:
 
 
 def _seq_len(data_config: ml_collections.ConfigDict) -> int:
-    return data_config.seq_len  # A positive integer (research/config.py RULES).
+    return data_config.seq_len  # A positive integer (research/config.py rules()).
 
 
 def _windowable(data_config: ml_collections.ConfigDict, split: str) -> np.ndarray:

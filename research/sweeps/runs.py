@@ -30,6 +30,7 @@ SEED_KEY = (
 _UNSAFE_IN_PATH = re.compile(r"[^A-Za-z0-9._=,+-]")
 _REQUIRED = {  # Keys the report and runner rely on, per file.
     "cell.json": ("cell", "seed", "overrides"),
+    "config.json": ("train",),
     "results.json": ("metrics", "wall_s"),
 }
 
@@ -128,8 +129,8 @@ class RunRecord:
     metrics: list[dict[str, Any]]  # metrics.jsonl: {"step", "split", <metrics>} per line.
 
     @property
-    def seed(self) -> int:
-        return self.config.get("train", {}).get("seed", 0)
+    def seed(self) -> int | None:
+        return self.config["train"].get("seed")  # config.json as written; None: not started.
 
     @property
     def exit_code(self) -> int:
@@ -144,11 +145,10 @@ def load_run(path: Path) -> RunRecord:
     """Read a run's files; ConfigError naming the run and the file if one cannot be read."""
     state = status(path)  # First: results.json does not vanish, so "done" implies results below.
     cell = read_cell(path)
-    config = _read_json(path, "config.json") or {}
+    # Planned but never started: its seed is in the plan (or unknown, outside a sweep).
+    config = _read_json(path, "config.json") or {"train": {"seed": cell and cell["seed"]}}
     if cell is not None:
         overrides = dict(cell["overrides"])
-        if not config:  # Planned but never started: its seed is in the plan.
-            config = {"train": {"seed": cell["seed"]}}
     else:
         command = (_read_json(path, "provenance.json") or {}).get("command") or []
         overrides = dict(

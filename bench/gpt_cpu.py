@@ -94,13 +94,21 @@ def worker(spec: dict) -> None:
     tc = config.train
     steps_per_call = tc.steps_per_call
 
-    # The real trainer: its steps/s from metrics.jsonl, and its state after the last step.
+    # The real trainer: its steps/s from metrics.jsonl, and its state after the last step, placed
+    # as the step wants it (the same mesh and shardings as the trainer's).
     parts = steps.build(config, data.info(config.data).input_shape)
     abstract_state = steps.abstract_state(parts)
+    mesh = parallel.make_mesh(config.parallel)
+    state_sharding = parallel.state_sharding(abstract_state, mesh)
+    target = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        abstract_state,
+        state_sharding,
+    )
     with tempfile.TemporaryDirectory() as workdir:
         train.run(config, workdir)
         lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
-        saved_step, saved_state = checkpoint.restore_state(Path(workdir) / "checkpoints")
+        saved_step, state = checkpoint.restore_state(Path(workdir) / "checkpoints", target=target)
     assert saved_step == tc.steps, (saved_step, tc.steps)
     records = [json.loads(line) for line in lines]
     windows = [r["steps_per_s"] for r in records if r["split"] == "train"]
@@ -108,9 +116,6 @@ def worker(spec: dict) -> None:
     val_loss = [r["loss"] for r in records if r["split"] == "eval"][-1]
 
     # The step alone: built as the trainer builds it, from the trained state, on the same mesh.
-    mesh = parallel.make_mesh(config.parallel)
-    state_sharding = parallel.state_sharding(abstract_state, mesh)
-    state = jax.device_put(_as_tree_of(abstract_state, saved_state), state_sharding)
     step_fn = steps.compile_train_step(parts, config.parallel, mesh, state_sharding, steps_per_call)
 
     # Batches of real data, built (and placed) before timing: the step alone.
@@ -183,21 +188,6 @@ def worker(spec: dict) -> None:
             n = request["size"]
             peaks = {dtype: _matmul_gflops(matmul, jnp.ones((n, n), dtype)) for dtype in DTYPES}
             reply(gflops=peaks)
-
-
-def _as_tree_of(abstract_state: dict, saved: dict) -> dict:
-    """`saved` (checkpoint.restore_state) in the step's tree structure. A checkpoint reads optax's
-    namedtuple states back as dicts of their fields, so leaves are matched by their path names
-    (a field's name, a dict's key, a sequence's index), which both trees share."""
-    import jax
-
-    def name(path: tuple) -> str:
-        return "/".join(
-            str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k)))) for k in path
-        )
-
-    by_name = {name(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(saved)}
-    return jax.tree_util.tree_map_with_path(lambda path, _: by_name[name(path)], abstract_state)
 
 
 def _matmul_gflops(matmul, a) -> float:

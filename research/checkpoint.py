@@ -212,20 +212,27 @@ def mismatches(directory: Path, step: int, abstract_state: Any, limit: int = 3) 
     return "; ".join(problems)
 
 
-def restore_state(directory: Path, step: int | None = None) -> tuple[int, dict]:
-    """(step, saved train state) of `step` (default: the newest), every array on this host's
-    first device, whatever it was saved on. Never writes, so a run still training can be read."""
+def restore_state(directory: Path, step: int | None = None, target: Any = None) -> tuple[int, dict]:
+    """(step, saved train state) of `step` (default: the newest). Never writes, so a run still
+    training can be read.
+
+    Without `target`, every array lands on this host's first device whatever it was saved on, in
+    plain containers (optax's states read back as dicts of their fields): enough to read weights.
+    With `target` (the state's abstract tree, shardings included, e.g. from steps.abstract_state),
+    the state comes back in exactly that structure and placement, ready for the step.
+    """
     directory = Path(directory).absolute()
     step = latest_step(directory) if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {directory}")
     with _absl_errors_only():
         checkpointer = ocp.StandardCheckpointer()
-        saved = checkpointer.metadata(directory / str(step) / "state").item_metadata
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        target = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), saved
-        )
+        if target is None:
+            saved = checkpointer.metadata(directory / str(step) / "state").item_metadata
+            device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            target = jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), saved
+            )
         return step, checkpointer.restore(directory / str(step) / "state", target)
 
 

@@ -266,7 +266,9 @@ def test_generate_past_the_context_length():
     init = jax.jit(functools.partial(model.init, train=False))  # jitted: 10x faster than eager
     params = init(jax.random.key(0), prompt)["params"]
     # 5 tokens fill the first block; then chunks restart from the last 4 tokens and add 4.
-    out = decoding.generate(model, params, prompt, 5 + 4 * 3, rng=jax.random.key(1), temperature=0.0)
+    out = decoding.generate(
+        model, params, prompt, 5 + 4 * 3, rng=jax.random.key(1), temperature=0.0
+    )
     assert out.shape == (1, 20) and np.array_equal(out[:, :3], prompt)
     assert out.min() >= 0 and out.max() < 11
     forward = jax.jit(lambda tokens: model.apply({"params": params}, tokens, train=False))

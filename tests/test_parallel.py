@@ -24,8 +24,8 @@ import jax
 import numpy as np
 import pytest
 
+from research import checkpoint, data, parallel, train
 from research import config as cfg
-from research import data, parallel, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,16 +90,8 @@ def train_losses(workdir: Path) -> np.ndarray:
 
 def saved_state(workdir: Path, step: int) -> dict:
     """The train state saved at `step`, restored onto this process's one device."""
-    import orbax.checkpoint as ocp
-
-    path = (workdir / "checkpoints" / str(step) / "state").absolute()
-    checkpointer = ocp.StandardCheckpointer()
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-        checkpointer.metadata(path).item_metadata,
-    )
-    return jax.tree.map(np.asarray, checkpointer.restore(path, abstract))
+    _, state = checkpoint.restore_state(workdir / "checkpoints", step)
+    return jax.tree.map(np.asarray, state)
 
 
 def continue_from(workdir: Path, new_workdir: Path, step: int) -> None:
@@ -310,7 +302,7 @@ def test_batch_norm_axis_follows_strategy_and_sync_flag():
 
 def _worker(root: Path, runs: dict[str, tuple[str, dict[str, str]]]) -> None:
     """Train each run; save its step-4 state as numpy and report where each array lived."""
-    import orbax.checkpoint as ocp
+    import orbax.checkpoint as ocp  # Onto the saved shardings: this test is about the format.
 
     for name, (experiment, overrides) in runs.items():
         workdir = root / name

@@ -5,11 +5,10 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
+from research import checkpoint, data, models, train
 from research import config as cfg
-from research import data, models, train
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = sorted(p.stem for p in (ROOT / "experiments").glob("*.py") if not p.name.startswith("_"))
@@ -22,11 +21,8 @@ def smoke_config(overrides: dict | None = None, experiment: str = "digits_cnn:sm
 
 def final_state(workdir: Path, step: int | None = None) -> dict:
     """The saved train state of `workdir` at `step` (default: latest) as numpy arrays."""
-    manager = ocp.CheckpointManager((workdir / "checkpoints").absolute())
-    step = manager.latest_step() if step is None else step
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    manager.close()
-    return jax.tree.map(np.asarray, restored["state"])
+    _, state = checkpoint.restore_state(workdir / "checkpoints", step)
+    return jax.tree.map(np.asarray, state)
 
 
 def assert_trees_equal(a, b):

@@ -115,6 +115,7 @@ def defaults() -> ml_collections.ConfigDict:
             "nonfinite": "halt",  # halt | skip: what a NaN/Inf loss or update does (research/guard.py).
             "max_consecutive_skips": 10,  # Skipped updates in a row before stopping; 0 = never.
             "loss_spike_sigmas": 0.0,  # Skip updates whose loss exceeds mean + k std; 0 = off.
+            "off_curve": "warn",  # warn | stop: leaving expected.curve's band (research/expected.py).
         }
     )
     c.parallel = ml_collections.ConfigDict(
@@ -484,6 +485,7 @@ def rules() -> dict[str, Rule]:
         "train.nonfinite": choice(guard.POLICIES),
         "train.max_consecutive_skips": COUNT,
         "train.loss_spike_sigmas": NON_NEGATIVE,
+        "train.off_curve": choice(("warn", "stop")),
         "parallel.strategy": choice(parallel.STRATEGIES),
         "parallel.fsdp": dataclasses.replace(
             POSITIVE_INT, says="a positive integer that must divide the device count"
@@ -494,6 +496,11 @@ def rules() -> dict[str, Rule]:
         "expected.tolerance": NON_NEGATIVE,
         "expected.comparison": choice(expected.COMPARISONS),
         "expected.source": TEXT,
+        "expected.curve.metric": TEXT,  # "" or eval/<a metric of the task>, checked before a run.
+        "expected.curve.steps": POSITIVE_INTS,
+        "expected.curve.values": NUMBERS,
+        "expected.curve.tolerance": NON_NEGATIVE,
+        "expected.curve.source": TEXT,
     }
 
 

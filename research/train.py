@@ -19,8 +19,8 @@ import tqdm
 
 from research import checkpoint, data, guard, parallel, steps, workdir
 from research.data import DatasetInfo
-from research.errors import ConfigError, ConfigMismatch
-from research.expected import Expected
+from research.errors import ConfigError, ConfigMismatch, TrainingHalted
+from research.expected import Curve, Expected
 from research.preemption import Preemption
 from research.writer import MetricWriter, read_metrics
 
@@ -85,6 +85,12 @@ def prepare(
         raise ConfigError(
             f"expected.metric={target.metric!r} is not a metric of this run; use test/ or eval/ "
             f"with one of {', '.join(names)}"
+        )
+    curve = Curve.from_fields(config.expected.curve)
+    if curve and curve.metric.partition("/")[2] not in names:
+        raise ConfigError(
+            f"expected.curve.metric={curve.metric!r} is not a metric of this run; use one of "
+            f"{', '.join('eval/' + n for n in names)}"
         )
     eval_data = {
         split: data.eval_batches(
@@ -264,13 +270,17 @@ def _train(
             "evals_since_best": 0,
             "wall_s": 0.0,
             "stopped_early": False,
+            "off_curve_warned": False,
         }
         step = 0
     else:
         step, state, data_state, meta = restored
+        meta.setdefault("off_curve_warned", False)  # Checkpoints from before reference curves.
         train_iter.set_state(data_state)
         log.info("resumed from step %d", step)
-    writer = MetricWriter(wd, enabled=is_main, resume_step=step)
+    wall_before = meta["wall_s"]
+    elapsed = lambda: wall_before + time.time() - started
+    writer = MetricWriter(wd, enabled=is_main, resume_step=step, clock=elapsed)
 
     def last_good_checkpoint() -> str:
         ckpt.wait()
@@ -299,9 +309,6 @@ def _train(
         except Exception as e:  # Disk full, permissions, a dead filesystem: report, keep the rest.
             raise ckpt.save_failed(at_step, e) from e
 
-    wall_before = meta["wall_s"]
-    elapsed = lambda: wall_before + time.time() - started
-
     # ---------------------------------------------------------------------------------------------
     # The loop.
     # ---------------------------------------------------------------------------------------------
@@ -317,7 +324,15 @@ def _train(
         disable=not (is_main and sys.stderr.isatty()),
         dynamic_ncols=True,
     )
-    window_start, window_steps = time.time(), 0
+
+    def say(text: str) -> None:
+        """A console line from process 0, above the progress bar when there is one."""
+        if is_main:
+            tqdm.tqdm.write(text) if not bar.disable else print(text, flush=True)
+
+    curve = Curve.from_fields(config.expected.curve)
+    headline = curve.metric if curve else (tc.best_metric or "eval/loss")  # Shown on the bar.
+    window_start, window_steps, compiled = time.time(), 0, False
     last_step = min(tc.steps, stop_after_step or tc.steps)
     boundaries = (tc.log_every_steps, tc.eval_every_steps, tc.checkpoint_every_steps)
     with Preemption() as preemption:
@@ -338,26 +353,34 @@ def _train(
                     batch = next(train_iter)
                 state, metrics = compiled_step(state, parallel.global_batch(batch, mesh, stacked))
                 step += count
-                window_steps += count
                 bar.update(count)
+                if not compiled:  # The first call traces and compiles: kept out of throughput.
+                    jax.block_until_ready(metrics)
+                    say(
+                        f"compiled the train step in {time.time() - window_start:.1f} s "
+                        "(steps/s below exclude it)"
+                    )
+                    window_start, compiled = time.time(), True
+                else:
+                    window_steps += count
 
                 if step % tc.log_every_steps == 0 or step == tc.steps:
                     # The logged step's own metrics (not a window mean): a resumed run logs the same.
                     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     seconds = time.time() - window_start
-                    values["steps_per_s"] = window_steps / seconds
-                    values["examples_per_s"] = window_steps * tc.batch_size / seconds
+                    if window_steps:
+                        values["steps_per_s"] = window_steps / seconds
+                        values["examples_per_s"] = window_steps * tc.batch_size / seconds
                     check_guard()
                     writer.write(step, "train", values)
                     bar.set_postfix(
-                        loss=f"{values['loss']:.4f}", steps_s=f"{values['steps_per_s']:.1f}"
+                        loss=f"{values['loss']:.4f}",
+                        steps_s=f"{values.get('steps_per_s', 0):.1f}",
+                        **({headline: f"{meta['last_eval']:.4f}"} if "last_eval" in meta else {}),
                     )
-                    if is_main and bar.disable:  # No terminal (CI, logs): a plain line instead.
-                        print(
-                            f"step {step}/{tc.steps}  loss {values['loss']:.4f}  "
-                            f"{values['steps_per_s']:.1f} steps/s",
-                            flush=True,
-                        )
+                    if bar.disable:  # No terminal (CI, logs): a plain line instead.
+                        speed = f"  {values['steps_per_s']:.1f} steps/s" if window_steps else ""
+                        say(f"step {step}/{tc.steps}  loss {values['loss']:.4f}{speed}")
                     window_start, window_steps = time.time(), 0
 
                 eval_metrics = None
@@ -365,6 +388,8 @@ def _train(
                     values, _ = evaluate(state, config.data.eval_split)
                     writer.write(step, "eval", values)
                     eval_metrics = {f"eval/{k}": v for k, v in values.items()}
+                    if headline in eval_metrics:
+                        meta["last_eval"] = eval_metrics[headline]
                     if tc.best_metric:
                         update_best(
                             meta,
@@ -373,6 +398,24 @@ def _train(
                             tc.best_mode,
                             tc.early_stopping_patience,
                         )
+                    standing = curve.standing(step, eval_metrics) if curve else None
+                    shown = "  ".join(f"{k} {v:.4f}" for k, v in values.items())
+                    say(
+                        f"eval at step {step}: {shown}"
+                        + (f"  | {standing.short()}" if standing else "")
+                    )
+                    if standing:
+                        writer.write(step, "reference", standing.record())
+                    if standing and not standing.inside and not meta["off_curve_warned"]:
+                        meta["off_curve_warned"] = True  # Once per run, kept in checkpoints.
+                        say(f"warning: {standing.warning()}")
+                        if tc.off_curve == "stop":
+                            save(step, eval_metrics)
+                            raise TrainingHalted(
+                                f"{standing.warning()}; stopped (train.off_curve=stop) with a "
+                                f"checkpoint at step {step}. Relaunch with "
+                                "--config.train.off_curve=warn to go on, or change the recipe"
+                            )
                     window_start = time.time()  # Keep evaluation out of the throughput numbers.
 
                 if (

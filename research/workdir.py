@@ -70,6 +70,7 @@ RESUMABLE_CHANGES = (
     "train.early_stopping_patience",
     "train.nonfinite",
     "train.max_consecutive_skips",
+    "train.off_curve",
     "data.data_dir",
     "parallel.*",
     "expected.*",

@@ -4,8 +4,10 @@ Only process 0 writes. On resume, lines logged after the restored checkpoint are
 of a resumed run reads exactly like that of an uninterrupted one.
 """
 
+import datetime
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +15,20 @@ import tensorboardX
 
 
 class MetricWriter:
-    """Appends {"step", "split", <metrics>} objects to metrics.jsonl and TensorBoard scalars."""
+    """Appends {"step", "split", <metrics>, "time", "elapsed_s"} objects to metrics.jsonl and
+    TensorBoard scalars. `time` is the wall clock (UTC, ISO 8601); `elapsed_s` the run's training
+    time so far, from `clock` (over all its launches), so curves can be drawn against time."""
 
-    def __init__(self, workdir: Path, *, enabled: bool = True, resume_step: int = 0):
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        enabled: bool = True,
+        resume_step: int = 0,
+        clock: Callable[[], float] | None = None,
+    ):
         self.enabled = enabled
+        self._clock = clock
         self.path = workdir / "metrics.jsonl"
         self._tb = None
         if not enabled:
@@ -38,10 +50,13 @@ class MetricWriter:
         if not self.enabled:
             return
         record = {"step": step, "split": split, **{k: _jsonable(v) for k, v in metrics.items()}}
+        record["time"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+        if self._clock is not None:
+            record["elapsed_s"] = round(self._clock(), 3)
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         for name, value in record.items():
-            if name not in ("step", "split") and isinstance(value, int | float):
+            if name not in ("step", "split", "elapsed_s") and isinstance(value, int | float):
                 self._tb.add_scalar(f"{split}/{name}", value, step)
 
     def close(self) -> None:

@@ -179,6 +179,19 @@ def _online() -> bool:
     return bool(result)
 
 
+class _NoNews(logging.Filter):
+    """Drops TFDS notes that repeat on every run and tell the user nothing: that a mock or a
+    not-yet-prepared dataset has no metadata, and that a local text file is a custom config."""
+
+    MESSAGES = ("has no dataset_info.json", "Using custom data configuration")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(m in record.getMessage() for m in self.MESSAGES)
+
+
+logging.getLogger("absl").addFilter(_NoNews())
+
+
 @contextlib.contextmanager
 def _absl_quiet():
     logger = logging.getLogger("absl")

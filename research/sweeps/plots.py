@@ -1,6 +1,8 @@
 """Report plots (matplotlib, Agg: files only, no display needed): curves and bars per cell.
 
-curves.png: train and eval curves per cell, mean over seeds with the min-max band shaded;
+curves.png: train and eval curves per cell, mean over seeds with the min-max band shaded, and
+            behind them the reference curve and its tolerance band where the runs declare one
+            (`expected.curve`, research/expected.py);
 bars_<metric>.png: the chosen metric per cell, mean and 95% t-interval, one dot per seed.
 """
 
@@ -8,6 +10,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from research.expected import Curve
 from research.sweeps import stats
 from research.sweeps.runs import Cell
 
@@ -51,7 +54,22 @@ def plot_curves(cells: Sequence[Cell], metric: str, path: Path) -> bool:
     columns = 2 if len(panels) > 1 else 1
     rows_ = math.ceil(len(panels) / columns)
     fig, axes = plt.subplots(rows_, columns, figsize=(6 * columns, 3.8 * rows_), squeeze=False)
+    references = _reference_curves(cells)
     for ax, (split, name) in zip(axes.flat, panels):
+        reference = references.get(f"{split}/{name}")
+        if reference is not None:
+            low = [v - reference.tolerance for v in reference.values]
+            high = [v + reference.tolerance for v in reference.values]
+            ax.fill_between(reference.steps, low, high, color="0.85", lw=0, zorder=0)
+            ax.plot(
+                reference.steps,
+                reference.values,
+                color="0.45",
+                ls="--",
+                lw=1,
+                zorder=0,
+                label=f"reference +/- {reference.tolerance:g}",
+            )
         for i, cell in enumerate(cells):
             steps, mean, low, high = curve(cell, split, name)
             if not steps:
@@ -73,6 +91,18 @@ def plot_curves(cells: Sequence[Cell], metric: str, path: Path) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def _reference_curves(cells: Sequence[Cell]) -> dict[str, Curve]:
+    """The reference curve each metric's runs declare in config.json (the first one found)."""
+    found = {}
+    for cell in cells:
+        for run in cell.runs:
+            declared = run.config.get("expected", {}).get("curve")  # Runs from before curves: none.
+            curve = Curve.from_fields(declared)
+            if curve is not None:
+                found.setdefault(curve.metric, curve)
+    return found
 
 
 def _log_scale(ax) -> None:

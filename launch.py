@@ -30,6 +30,15 @@ from research.errors import EXIT_HALTED, EXIT_USAGE, HALTING_ERRORS, USAGE_ERROR
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a usage mistake is our one-line error (exit 2), not a usage dump."""
 
+    def parse_known_args(self, args=None, namespace=None):
+        # `--config.*` overrides are ours to parse (research/config.py); argparse would take a
+        # value with a space in it ("--config.expected.source=Table 6") for a positional.
+        args = list(sys.argv[1:] if args is None else args)
+        overrides = [a for a in args if a.startswith("--config.")]
+        rest = [a for a in args if not a.startswith("--config.")]
+        namespace, unknown = super().parse_known_args(rest, namespace)
+        return namespace, unknown + overrides
+
     def error(self, message: str):
         raise ConfigError(f"{self.prog}: {message} (see {self.prog} -h)")
 

@@ -14,7 +14,6 @@ The rest of the pipeline (grain, augmentation, batching) runs unchanged, so smok
 "cifar10" exercise the real code path offline.
 """
 
-import contextlib
 import dataclasses
 import difflib
 import functools
@@ -137,8 +136,7 @@ def check_available(name: str, data_dir: str | None, *, mock: bool = False) -> N
         raise ConfigError(f"data.data_dir={data_dir!r} is a file; give a directory")
     if mock or base in LOCAL_BUILDERS:
         return
-    with _absl_quiet():  # "no dataset_info.json" notes while looking.
-        prepared = tfds.builder(name, data_dir=data_dir, **_BUILDER_KWARGS).is_prepared()
+    prepared = tfds.builder(name, data_dir=data_dir, **_BUILDER_KWARGS).is_prepared()
     if prepared:
         return
     where = data_dir or tfds.core.constants.DATA_DIR
@@ -190,17 +188,6 @@ class _NoNews(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_NoNews())
-
-
-@contextlib.contextmanager
-def _absl_quiet():
-    logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,6 +6,7 @@
     python launch.py sweep --config=experiments/digits_cnn.py --workdir=sweeps/digits --parallel=2
     python launch.py report sweeps/digits          # also: a run, or several run workdirs --out=DIR
     python launch.py sample --workdir=runs/shakespeare --prompt="ROMEO:"   # text from an LM run
+    python launch.py lr_find --config=experiments/digits_cnn.py --workdir=runs/digits_lr_find
 
 Relaunching a workdir resumes its run; if the config differs in more than how long and how often
 it logs, evaluates and saves, the launch is refused: use a fresh --workdir, or
@@ -13,6 +14,7 @@ it logs, evaluates and saves, the launch is refused: use a fresh --workdir, or
 
 `sweep` runs the cells an experiment's `sweep()` declares (research/sweeps/), or with --slurm
 writes them as a SLURM job array; `report` tabulates and plots finished runs.
+`lr_find` runs a learning-rate range test and suggests a learning rate (research/lr_find.py).
 `launch.py sweep -h` and `launch.py report -h` list their flags.
 
 Mistakes (unknown key, wrong type, invalid value, missing file or data, a workdir that is busy or
@@ -21,6 +23,7 @@ anything is compiled or written.
 """
 
 import argparse
+import inspect
 import logging
 import sys
 
@@ -107,6 +110,8 @@ def main(argv: list[str]) -> int:
             return report_command(argv[1:])
         if argv[:1] == ["sample"]:
             return sample_command(argv[1:])
+        if argv[:1] == ["lr_find"]:
+            return lr_find_command(argv[1:])
         args, overrides = parse(argv)
         config = build_config(args.config, overrides)
         from research import parallel
@@ -239,6 +244,45 @@ def sample_command(argv: list[str]) -> int:
         num_samples=args.num_samples,
     )
     print("\n---------------\n".join(texts))  # nanoGPT's separator
+    return 0
+
+
+def lr_find_command(argv: list[str]) -> int:
+    """`launch.py lr_find`: a learning-rate range test of an experiment (Smith 2017)."""
+    from research import lr_find
+    from research.config import build_config, parse_overrides
+
+    parser = ArgumentParser(
+        prog="launch.py lr_find",
+        description=lr_find.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config", required=True, help="experiment file, optionally with :arg (a variant)"
+    )
+    parser.add_argument("--workdir", required=True, help="where lr_find.csv/json/png go")
+    default = {k: p.default for k, p in inspect.signature(lr_find.lr_find).parameters.items()}
+    for flag, kind, what in [
+        ("min_lr", float, "the ramp's first learning rate"),
+        ("max_lr", float, "the ramp's last learning rate"),
+        ("num_steps", int, "updates along the ramp"),
+    ]:
+        parser.add_argument(
+            f"--{flag}", type=kind, default=default[flag], help=f"{what} (default %(default)s)"
+        )
+    args, rest = parser.parse_known_args(argv)
+    if not args.workdir.strip():  # An unset shell variable: never write into the current dir.
+        raise ConfigError("--workdir is empty; give the directory the test should use")
+    overrides = parse_overrides(rest)
+    config = build_config(args.config, overrides)
+    lr_find.lr_find(
+        config,
+        args.workdir,
+        min_lr=args.min_lr,
+        max_lr=args.max_lr,
+        num_steps=args.num_steps,
+        overrides=overrides,
+    )
     return 0
 
 

@@ -98,12 +98,25 @@ def _rsqrt(sc: ml_collections.ConfigDict, lr: float, decay_steps: int) -> optax.
     return schedule
 
 
+def _exponential(sc: ml_collections.ConfigDict, lr: float, decay_steps: int) -> optax.Schedule:
+    """lr * (end_lr / lr) ** (step / decay_steps), then constant end_lr: a decay when end_lr < lr,
+    a ramp when end_lr > lr (the learning-rate range test, Smith 2017 Sec. 3.3; lr_find.py).
+
+    After an optional linear warmup, as warmup_linear: the exponential then runs from lr at
+    warmup_steps to end_lr at decay_steps.
+    """
+    span = decay_steps - sc.warmup_steps
+    after = optax.exponential_decay(lr, span, sc.end_lr / lr, end_value=sc.end_lr)
+    return _warmup_then(after, lr, sc.warmup_steps)
+
+
 SCHEDULES: dict[str, Callable[..., optax.Schedule]] = {
     "constant": _constant,
     "warmup_cosine": _warmup_cosine,
     "warmup_linear": _warmup_linear,
     "piecewise": _piecewise,
     "rsqrt": _rsqrt,
+    "exponential": _exponential,
 }
 
 
@@ -265,6 +278,11 @@ def validate(
         (
             sc.name != "rsqrt" or sc.warmup_steps >= 1,
             "schedule.name='rsqrt' needs schedule.warmup_steps >= 1 (the peak step; Vaswani: 4000)",
+        ),
+        (
+            sc.name != "exponential" or sc.end_lr > 0,
+            "schedule.name='exponential' needs schedule.end_lr > 0 (the value it reaches at "
+            "decay_steps)",
         ),
         (
             sc.name != "piecewise" or sc.warmup_steps == 0,

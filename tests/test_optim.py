@@ -276,6 +276,7 @@ def test_validate_accepts_defaults_and_every_named_component():
     for schedule_name in optim.SCHEDULES:
         warmup = 0 if schedule_name == "piecewise" else 10
         overrides = {"name": schedule_name, "warmup_steps": warmup, "boundaries": (50, 80)}
+        overrides["end_lr"] = 1e-3  # "exponential" needs one > 0; the others accept it.
         optim.validate(*make_configs(schedule=overrides), 100)
 
 
@@ -337,3 +338,29 @@ def test_full_chain_under_jit_matches_eager():
     for k in params:
         np.testing.assert_allclose(jitted[0][k], eager[0][k], rtol=1e-6)
     assert not np.allclose(eager[0]["kernel"], params["kernel"])
+
+
+# ---------------------------------------------------------------- exponential schedule
+
+
+def test_exponential_ramp_and_decay_match_numpy():
+    steps = np.arange(0, 130)  # Past decay_steps: held at end_lr.
+    for lr, end_lr in ((1e-7, 10.0), (0.1, 1e-3)):  # A range-test ramp, and a decay.
+        overrides = {"name": "exponential", "end_lr": end_lr, "decay_steps": 99}
+        ours = schedule_at(overrides, list(steps), lr=lr)
+        theirs = lr * (end_lr / lr) ** (np.minimum(steps, 99) / 99)
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+    assert ours[0] == pytest.approx(0.1) and ours[99] == pytest.approx(1e-3)
+
+
+def test_exponential_after_warmup_follows_warmup_linear():
+    overrides = {"name": "exponential", "warmup_steps": 10, "end_lr": 0.01, "decay_steps": 110}
+    steps = np.array([0, 5, 10, 60, 110, 200])
+    theirs = np.where(steps < 10, steps / 10, 0.01 ** (np.clip(steps - 10, 0, 100) / 100))
+    np.testing.assert_allclose(schedule_at(overrides, list(steps), lr=1.0), theirs, rtol=1e-5)
+
+
+def test_exponential_needs_a_positive_end_lr():
+    with pytest.raises(ValueError, match=r"exponential' needs schedule.end_lr > 0") as error:
+        optim.validate(*make_configs(schedule={"name": "exponential"}), total_steps=100)
+    assert "\n" not in str(error.value)

@@ -34,7 +34,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from research import data, optim, parallel, steps, workdir
+from research import data, optim, parallel, steps, train, workdir
 from research.errors import ConfigError
 
 RULE = "the smoothed loss's minimum / 10"
@@ -107,18 +107,7 @@ def lr_find(
     _check_flags(min_lr, max_lr, num_steps, smoothing, diverge_factor)
     wd = Path(workdir_path)
     ramp = range_test_config(config, min_lr, max_lr, num_steps)
-    parallel.validate(ramp, jax.device_count())
-    info = data.info(ramp.data)
-    parts = steps.build(ramp, info.input_shape)
-    if parts.model.num_outputs < info.num_classes:
-        raise ConfigError(
-            f"the model has {parts.model.num_outputs} outputs but the data has "
-            f"{info.num_classes} classes (or tokens); raise the model's num_classes / vocab_size"
-        )
-    try:
-        abstract_state = steps.abstract_state(parts)
-    except (ValueError, TypeError) as e:  # The model cannot run on these shapes.
-        raise ConfigError(f"model: {str(e).strip().splitlines()[0]}") from None
+    _, parts, abstract_state = train.prepare_model(ramp)
     workdir.check_path(wd)
 
     wd.mkdir(parents=True, exist_ok=True)

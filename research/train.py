@@ -62,18 +62,7 @@ def prepare(
     if stop_after_step is not None and stop_after_step < 1:
         raise ConfigError(f"--stop_after_step={stop_after_step}: give a step >= 1")
     tc = config.train
-    parallel.validate(config, jax.device_count())
-    info = data.info(config.data)
-    parts = steps.build(config, info.input_shape)
-    if parts.model.num_outputs < info.num_classes:
-        raise ConfigError(
-            f"the model has {parts.model.num_outputs} outputs but the data has "
-            f"{info.num_classes} classes (or tokens); raise the model's num_classes / vocab_size"
-        )
-    try:
-        abstract_state = steps.abstract_state(parts)
-    except (ValueError, TypeError) as e:  # The model cannot run on these shapes.
-        raise ConfigError(f"model: {_first_line(e)}") from None
+    info, parts, abstract_state = prepare_model(config)
     names = parts.task.metric_names(info)
     if tc.best_metric and tc.best_metric.removeprefix("eval/") not in names:
         raise ConfigError(
@@ -115,6 +104,25 @@ def prepare(
             )
     num_params = sum(x.size for x in jax.tree.leaves(abstract_state["params"]))
     return Prepared(info, parts, abstract_state, num_params, eval_data, relaunch)
+
+
+def prepare_model(config: ml_collections.ConfigDict) -> tuple[DatasetInfo, steps.Parts, dict]:
+    """The data's description, the step's parts and the state's shapes, checked: the layout
+    fits the devices, the data is readable, the model has enough outputs and runs on the data's
+    shapes (traced with eval_shape: nothing allocated). Raises ConfigError/DatasetUnavailable."""
+    parallel.validate(config, jax.device_count())
+    info = data.info(config.data)
+    parts = steps.build(config, info.input_shape)
+    if parts.model.num_outputs < info.num_classes:
+        raise ConfigError(
+            f"the model has {parts.model.num_outputs} outputs but the data has "
+            f"{info.num_classes} classes (or tokens); raise the model's num_classes / vocab_size"
+        )
+    try:
+        abstract_state = steps.abstract_state(parts)
+    except (ValueError, TypeError) as e:  # The model cannot run on these shapes.
+        raise ConfigError(f"model: {_first_line(e)}") from None
+    return info, parts, abstract_state
 
 
 def _first_line(error: Exception) -> str:

@@ -148,6 +148,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "validation window, 3 seeds: 1.907 +/- 0.009 (docs/parity.md); nanoGPT README: 1.88, "
             "one run, 20-batch estimate"
         )
+        # Where a run of this recipe should be at each evaluation: the mean of seeds 0, 1, 2 run
+        # here (docs/results.md); the band is about 3 seed standard deviations (0.005-0.012).
+        c.expected.curve.metric = "eval/loss"
+        c.expected.curve.steps = (250, 500, 750, 1000, 1250, 1500, 1750, 2000)
+        c.expected.curve.values = (2.4421, 2.2999, 2.1684, 2.0846, 2.0105, 1.9600, 1.9280, 1.9064)
+        c.expected.curve.tolerance = 0.03
+        c.expected.curve.source = "this recipe run here, mean of seeds 0-2 (docs/results.md)"
     return c
 
 
@@ -175,5 +182,8 @@ def sweep(arg: str | None = None) -> Sweep:
     baseline = {"data.path": variant.path} if variant.path else {}
     if variant.quick:
         baseline |= {"train.steps": 600, "schedule.decay_steps": 600, "train.eval_every_steps": 300}
-        baseline |= {"expected.metric": ""}  # The target is a 2,000-step number.
+        baseline |= {
+            "expected.metric": "",
+            "expected.curve.metric": "",
+        }  # The target is a 2,000-step number.
     return ablation(baseline, variants, seeds=2 if variant.quick else 3, config_arg="cpu")

@@ -559,7 +559,8 @@ def smoke(config: ml_collections.ConfigDict) -> None:
 
     The model takes its tiny size (research/models SMOKE_SIZES); data that would need a download
     becomes tfds mock data of the real shapes; 12 steps with logs, evaluations and checkpoints
-    every few; a batch of at most 32; no expected result (a smoke run checks the plumbing).
+    every few; a batch of at most 32; no expected result or curve (a smoke run checks the
+    plumbing).
     """
     from research import data, models
 
@@ -581,3 +582,4 @@ def smoke(config: ml_collections.ConfigDict) -> None:
     config.schedule.warmup_steps = min(config.schedule.warmup_steps, 2)
     config.schedule.decay_steps = 0  # = train.steps
     config.expected.metric = ""
+    config.expected.curve.metric = ""

@@ -123,7 +123,7 @@ class Standing:
         return math.isfinite(self.value) and abs(self.delta) <= self.curve.tolerance
 
     def short(self) -> str:
-        """"on the reference curve (2.19 +/- 0.05)" or "0.12 above the reference curve (...)"."""
+        """ "on the reference curve (2.19 +/- 0.05)" or "0.12 above the reference curve (...)"."""
         band = f"{self.reference:.4g} +/- {self.curve.tolerance:.4g}"
         if self.inside:
             return f"on the reference curve ({band})"

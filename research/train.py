@@ -22,7 +22,7 @@ from research.data import DatasetInfo
 from research.errors import ConfigError, ConfigMismatch, TrainingHalted
 from research.expected import Curve, Expected
 from research.preemption import Preemption
-from research.writer import MetricWriter, read_metrics
+from research.writer import NOT_METRICS, MetricWriter, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -466,7 +466,7 @@ def _train(
     metrics = {f"test/{k}": v for k, v in test_metrics.items()}
     last_eval = [r for r in read_metrics(wd) if r["split"] == "eval" and r["step"] == step]
     if last_eval:
-        metrics |= {f"eval/{k}": v for k, v in last_eval[-1].items() if k not in ("step", "split")}
+        metrics |= {f"eval/{k}": v for k, v in last_eval[-1].items() if k not in NOT_METRICS}
     result = workdir.results(
         config,
         step,

@@ -13,6 +13,9 @@ from typing import Any
 
 import tensorboardX
 
+# Keys of every record that are not metrics: where and when it was written.
+NOT_METRICS = ("step", "split", "time", "elapsed_s")
+
 
 class MetricWriter:
     """Appends {"step", "split", <metrics>, "time", "elapsed_s"} objects to metrics.jsonl and
@@ -56,7 +59,7 @@ class MetricWriter:
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         for name, value in record.items():
-            if name not in ("step", "split", "elapsed_s") and isinstance(value, int | float):
+            if name not in NOT_METRICS and isinstance(value, int | float):
                 self._tb.add_scalar(f"{split}/{name}", value, step)
 
     def close(self) -> None:

@@ -42,6 +42,8 @@ BAD_TEXT = {
     "train.best_metric": ("eval/no_such_metric", "no_such_split/loss"),
     "expected.metric": ("test/no_such_metric", "accuracy"),
     "expected.source": None,
+    "expected.curve.metric": ("eval/no_such_metric", "test/loss"),
+    "expected.curve.source": None,
 }
 
 

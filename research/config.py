@@ -35,7 +35,7 @@ import ml_collections
 from research import expected
 from research.errors import ConfigError
 
-SECTIONS = ("model", "data", "optimizer", "schedule", "train", "parallel", "expected")
+SECTIONS = ("model", "data", "optimizer", "schedule", "train", "decode", "parallel", "expected")
 TOP_LEVEL = ("task", *SECTIONS, "experiment")  # `experiment` is set on loading: file[:arg].
 SMOKE = "smoke"  # The variant word every experiment understands (see `smoke`).
 
@@ -53,7 +53,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict({"name": ""})  # Other fields: the module's arguments.
     c.data = ml_collections.ConfigDict(
         {
-            "kind": "images",  # images | text (research/data/__init__.py KINDS)
+            "kind": "images",  # images | text | translation (research/data/__init__.py KINDS)
             "name": "",  # TFDS name ("digits" is built locally; others download on first use).
             "data_dir": "",  # "" = TFDS's default (~/tensorflow_datasets or $TFDS_DATA_DIR).
             "train_split": "train",
@@ -64,10 +64,17 @@ def defaults() -> ml_collections.ConfigDict:
             "std": (),
             "augment": augment.OFF,  # research/data/augment.py: all off.
             "mock": False,  # tfds.testing.mock_data: random examples of the real shapes, no download.
-            # Text (kind="text", research/data/text.py):
-            "path": "",  # A local text file; replaces `name` (split 90/5/5 like tiny_shakespeare).
-            "tokenizer": "char",  # char | gpt2 (research/data/tokenizers.py)
-            "seq_len": 256,  # Tokens per window: the context length T (nanoGPT's block_size).
+            # Text (kind="text", research/data/text.py) and translation (research/data/translation.py):
+            "path": "",  # A local text file (text), or parallel text (translation); replaces `name`.
+            "target_path": "",  # Translation: the target side's file, line by line; "" = path is a TSV.
+            "source_lang": "en",  # Translation: the feature (language) translated from ...
+            "target_lang": "de",  # ... and into.
+            "tokenizer": "char",  # char | gpt2 | sentencepiece (research/data/tokenizers.py)
+            "tokenizer_vocab_size": 8000,  # Trained tokenizers (sentencepiece): vocabulary size.
+            "tokenizer_model": "",  # A trained tokenizer's model file; "" = train on the train split.
+            "seq_len": 256,  # Text: tokens per window (nanoGPT's block_size); translation: tokens
+            # per side, longer training pairs dropped and evaluation inputs truncated.
+            "pack": True,  # Translation: pack several training pairs into each row of seq_len.
         }
     )
     c.optimizer = ml_collections.ConfigDict(
@@ -116,6 +123,15 @@ def defaults() -> ml_collections.ConfigDict:
             "max_consecutive_skips": 10,  # Skipped updates in a row before stopping; 0 = never.
             "loss_spike_sigmas": 0.0,  # Skip updates whose loss exceeds mean + k std; 0 = off.
             "off_curve": "warn",  # warn | stop: leaving expected.curve's band (research/expected.py).
+        }
+    )
+    c.decode = ml_collections.ConfigDict(
+        {  # Generating outputs (translation): research/tasks/decoding.py, research/tasks/seq2seq.py.
+            "beam_size": 4,  # 1 = greedy.
+            "length_penalty": 0.6,  # alpha of Wu et al. 2016: ((5 + |Y|) / 6) ** alpha.
+            "max_extra_tokens": 50,  # Output length <= input length + this (Vaswani et al. 6.1).
+            "on_eval": False,  # Also decode at periodic evaluations (always at the final test).
+            "bleu_tokenize": "13a",  # sacreBLEU's tokenizer: 13a (its default), intl, char, ...
         }
     )
     c.parallel = ml_collections.ConfigDict(
@@ -448,8 +464,14 @@ def rules() -> dict[str, Rule]:
         "data.augment.translate": FRACTION,
         "data.mock": FLAG,
         "data.path": TEXT,  # Checked for readability before a run.
+        "data.target_path": TEXT,  # Checked for readability before a run.
+        "data.source_lang": TEXT,  # Checked against the dataset's features before a run.
+        "data.target_lang": TEXT,
         "data.tokenizer": choice(tokenizers.TOKENIZERS),
+        "data.tokenizer_vocab_size": POSITIVE_INT,
+        "data.tokenizer_model": TEXT,  # Checked for readability before a run.
         "data.seq_len": POSITIVE_INT,
+        "data.pack": FLAG,
         "optimizer.name": choice(optim.OPTIMIZERS),
         "optimizer.learning_rate": POSITIVE,
         "optimizer.momentum": FRACTION,
@@ -486,6 +508,13 @@ def rules() -> dict[str, Rule]:
         "train.max_consecutive_skips": COUNT,
         "train.loss_spike_sigmas": NON_NEGATIVE,
         "train.off_curve": choice(("warn", "stop")),
+        "decode.beam_size": POSITIVE_INT,
+        "decode.length_penalty": NON_NEGATIVE,
+        "decode.max_extra_tokens": POSITIVE_INT,
+        "decode.on_eval": FLAG,
+        "decode.bleu_tokenize": choice(
+            ("none", "13a", "intl", "char", "zh", "ja-mecab", "ko-mecab", "flores101", "flores200")
+        ),
         "parallel.strategy": choice(parallel.STRATEGIES),
         "parallel.fsdp": dataclasses.replace(
             POSITIVE_INT, says="a positive integer that must divide the device count"
@@ -502,6 +531,37 @@ def rules() -> dict[str, Rule]:
         "expected.curve.tolerance": NON_NEGATIVE,
         "expected.curve.source": TEXT,
     }
+
+
+# Data fields that only some kinds of data read. Set for another kind they would be ignored in
+# silence, so a value other than the default is an error there.
+KIND_FIELDS = {
+    "image_scale": ("images",),
+    "mean": ("images",),
+    "std": ("images",),
+    "augment": ("images",),
+    "path": ("text", "translation"),
+    "tokenizer": ("text", "translation"),
+    "seq_len": ("text", "translation"),
+    "target_path": ("translation",),
+    "source_lang": ("translation",),
+    "target_lang": ("translation",),
+    "tokenizer_vocab_size": ("translation",),
+    "tokenizer_model": ("translation",),
+    "pack": ("translation",),
+}
+
+
+def _check_kind_fields(data: ml_collections.ConfigDict) -> None:
+    declared = flatten(defaults().data)
+    given = flatten(data)
+    for field, kinds in KIND_FIELDS.items():
+        changed = any(given[k] != declared[k] for k in declared if k.split(".")[0] == field)
+        if data.kind not in kinds and changed:
+            raise ConfigError(
+                f"data.{field} applies to data.kind {' or '.join(kinds)}, not {data.kind!r}; "
+                "leave it at its default"
+            )
 
 
 def validate(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
@@ -525,11 +585,13 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
             if rule.kind == "choice":
                 raise ConfigError(f"{key}={value!r} is unknown; choose one of {rule.says}")
             raise ConfigError(f"{key} must be {rule.says}, got {value!r}")
-    if config.data.path and (config.data.kind != "text" or config.data.mock):
+    _check_kind_fields(config.data)
+    if config.data.path and config.data.mock:
         raise ConfigError(
-            f"data.path={config.data.path!r} reads a local text file: it needs data.kind=text "
-            "and no data.mock (mock data replaces it)"
+            f"data.path={config.data.path!r} reads local text, which data.mock replaces; unset one"
         )
+    if config.data.target_path and not config.data.path:
+        raise ConfigError("data.target_path is the target side of data.path: set both")
     train = config.train
     try:
         optim.validate(config.optimizer, config.schedule, train.steps)

@@ -72,6 +72,7 @@ RESUMABLE_CHANGES = (
     "train.max_consecutive_skips",
     "train.off_curve",
     "data.data_dir",
+    "decode.*",
     "parallel.*",
     "expected.*",
 )

@@ -7,6 +7,7 @@
     python launch.py report sweeps/digits          # also: a run, or several run workdirs --out=DIR
     python launch.py sample --workdir=runs/shakespeare --prompt="ROMEO:"   # text from an LM run
     python launch.py lr_find --config=experiments/digits_cnn.py --workdir=runs/digits_lr_find
+    python launch.py average --workdir=runs/wmt_base --last=5   # average checkpoints, evaluate
 
 Relaunching a workdir resumes its run; if the config differs in more than how long and how often
 it logs, evaluates and saves, the launch is refused: use a fresh --workdir, or
@@ -14,7 +15,8 @@ it logs, evaluates and saves, the launch is refused: use a fresh --workdir, or
 
 `sweep` runs the cells an experiment's `sweep()` declares (research/sweeps/), or with --slurm
 writes them as a SLURM job array; `report` tabulates and plots finished runs.
-`lr_find` runs a learning-rate range test and suggests a learning rate (research/lr_find.py).
+`lr_find` runs a learning-rate range test and suggests a learning rate (research/lr_find.py);
+`average` averages a run's last checkpoints and evaluates the average (research/average.py).
 `launch.py sweep -h` and `launch.py report -h` list their flags.
 
 Mistakes (unknown key, wrong type, invalid value, missing file or data, a workdir that is busy or
@@ -112,6 +114,8 @@ def main(argv: list[str]) -> int:
             return sample_command(argv[1:])
         if argv[:1] == ["lr_find"]:
             return lr_find_command(argv[1:])
+        if argv[:1] == ["average"]:
+            return average_command(argv[1:])
         args, overrides = parse(argv)
         config = build_config(args.config, overrides)
         from research import parallel
@@ -283,6 +287,25 @@ def lr_find_command(argv: list[str]) -> int:
         num_steps=args.num_steps,
         overrides=overrides,
     )
+    return 0
+
+
+def average_command(argv: list[str]) -> int:
+    """`launch.py average`: average a run's last checkpoints into a new workdir and evaluate it."""
+    from research import average
+
+    parser = ArgumentParser(
+        prog="launch.py average",
+        description=average.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--workdir", required=True, help="the run whose checkpoints to average")
+    parser.add_argument("--last", type=int, required=True, help="how many of its last checkpoints")
+    parser.add_argument(
+        "--out", default=None, help="where the average goes (default: inside the run)"
+    )
+    args = parser.parse_args(argv)
+    average.average(args.workdir, args.last, args.out, argv=[sys.argv[0], "average", *argv])
     return 0
 
 

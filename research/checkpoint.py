@@ -154,14 +154,42 @@ class Checkpointer:
 # -------------------------------------------------------------------------------------------------
 
 
-def latest_step(directory: Path) -> int | None:
-    """The newest complete step in a checkpoints directory (None: none, or no directory)."""
+def all_steps(directory: Path) -> list[int]:
+    """The complete steps in a checkpoints directory, oldest first ([] if none or no directory)."""
     directory = Path(directory).absolute()
     if not directory.is_dir():
-        return None
+        return []
     with _absl_errors_only():  # orbax warns about options a read-only manager ignores
         options = ocp.CheckpointManagerOptions(read_only=True)
-        return ocp.CheckpointManager(directory, options=options).latest_step()
+        return sorted(ocp.CheckpointManager(directory, options=options).all_steps())
+
+
+def latest_step(directory: Path) -> int | None:
+    """The newest complete step in a checkpoints directory (None: none, or no directory)."""
+    steps = all_steps(directory)
+    return steps[-1] if steps else None
+
+
+def read_step(directory: Path, step: int, target: Any) -> tuple[Any, dict, dict]:
+    """(state, data iterator position, loop metadata) of checkpoint `step`, the state restored
+    onto `target` (an abstract state with shardings); read-only, like `restore_state`."""
+    with _absl_errors_only():
+        options = ocp.CheckpointManagerOptions(read_only=True)
+        manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(target),
+            data=ocp.args.JsonRestore(),
+            meta=ocp.args.JsonRestore(),
+        )
+        restored = manager.restore(step, args=args)
+    return restored["state"], restored["data"], restored["meta"]
+
+
+def write_step(directory: Path, step: int, state: Any, data_state: dict, meta: dict) -> None:
+    """Write one complete checkpoint `step` into a checkpoints directory (e.g. an average)."""
+    checkpointer = Checkpointer(directory, async_save=False)
+    checkpointer.save(step, state, data_state, meta)
+    checkpointer.close()
 
 
 def _saved_tree(directory: Path, step: int) -> Any | None:

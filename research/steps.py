@@ -58,7 +58,9 @@ def build(config: ml_collections.ConfigDict, input_shape: tuple[int, ...]) -> Pa
         model=model,
         train_model=models.with_batch_norm_axis(model, bn_axis),
         bn_axis=bn_axis,
-        task=tasks.build(config.task, label_smoothing=config.train.label_smoothing),
+        task=tasks.build(
+            config.task, label_smoothing=config.train.label_smoothing, decode=config.decode
+        ),
         tx=tx,
         schedule=schedule,
         input_shape=tuple(input_shape),
@@ -72,8 +74,8 @@ def build(config: ml_collections.ConfigDict, input_shape: tuple[int, ...]) -> Pa
 
 def init_state(parts: Parts, key: jax.Array) -> dict:
     """A fresh train state: parameters from `key`, zero step, empty optimizer statistics."""
-    dummy = jnp.zeros((1, *parts.input_shape), parts.task.input_dtype)
-    variables = parts.model.init(key, dummy, train=False)
+    args, kwargs = parts.task.example_inputs(parts.input_shape)
+    variables = parts.model.init(key, *args, **kwargs, train=False)
     params = variables.pop("params")
     return {
         "step": jnp.zeros((), jnp.int32),
@@ -94,9 +96,11 @@ def loss_fn(
     parts: Parts, params: dict, model_state: dict, batch: dict, rng: jax.Array
 ) -> tuple[jax.Array, tuple[dict, dict]]:
     """The task's training loss of one (micro-)batch, and the model's updated state."""
+    args, kwargs = parts.task.inputs(batch)
     logits, new_model_state = parts.train_model.apply(
         {"params": params, **model_state},
-        batch[parts.task.input_key],
+        *args,
+        **kwargs,
         train=True,
         rngs={"dropout": rng},
         mutable=list(model_state),
@@ -193,12 +197,21 @@ def compile_train_step(
 
 def eval_step(parts: Parts, params: dict, model_state: dict, batch: dict) -> dict:
     """The task's per-example outputs of one evaluation batch (no dropout, running statistics)."""
-    logits = parts.model.apply(
-        {"params": params, **model_state}, batch[parts.task.input_key], train=False
-    )
+    args, kwargs = parts.task.inputs(batch)
+    logits = parts.model.apply({"params": params, **model_state}, *args, **kwargs, train=False)
     return parts.task.eval_outputs(logits, batch)
 
 
 def compile_eval_step(parts: Parts, mesh: Mesh) -> Callable[[dict, dict, dict], dict]:
     """`eval_step` jitted, its outputs replicated so every host can read them."""
     return jax.jit(functools.partial(eval_step, parts), out_shardings=parallel.replicated(mesh))
+
+
+def generate_step(parts: Parts, params: dict, model_state: dict, batch: dict) -> dict:
+    """The task's generated outputs for one evaluation batch (e.g. translations by beam search)."""
+    return parts.task.generate(parts.model, {"params": params, **model_state}, batch)
+
+
+def compile_generate_step(parts: Parts, mesh: Mesh) -> Callable[[dict, dict, dict], dict]:
+    """`generate_step` jitted, its outputs replicated so every host can read them."""
+    return jax.jit(functools.partial(generate_step, parts), out_shardings=parallel.replicated(mesh))

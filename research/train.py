@@ -63,24 +63,7 @@ def prepare(
         raise ConfigError(f"--stop_after_step={stop_after_step}: give a step >= 1")
     tc = config.train
     info, parts, abstract_state = prepare_model(config)
-    names = parts.task.metric_names(info)
-    if tc.best_metric and tc.best_metric.removeprefix("eval/") not in names:
-        raise ConfigError(
-            f"train.best_metric={tc.best_metric!r} is not a metric of this run; use one of "
-            f"{', '.join('eval/' + n for n in names)}, or '' for none"
-        )
-    target = Expected.from_fields(config.expected)
-    if target and target.metric.partition("/")[2] not in names:
-        raise ConfigError(
-            f"expected.metric={target.metric!r} is not a metric of this run; use test/ or eval/ "
-            f"with one of {', '.join(names)}"
-        )
-    curve = Curve.from_fields(config.expected.curve)
-    if curve and curve.metric.partition("/")[2] not in names:
-        raise ConfigError(
-            f"expected.curve.metric={curve.metric!r} is not a metric of this run; use one of "
-            f"{', '.join('eval/' + n for n in names)}"
-        )
+    _check_metric_names(config, parts.task, info)
     eval_data = {
         split: data.eval_batches(
             config.data,
@@ -123,6 +106,38 @@ def prepare_model(config: ml_collections.ConfigDict) -> tuple[DatasetInfo, steps
     except (ValueError, TypeError) as e:  # The model cannot run on these shapes.
         raise ConfigError(f"model: {_first_line(e)}") from None
     return info, parts, abstract_state
+
+
+def _check_metric_names(config: ml_collections.ConfigDict, task: Any, info: DatasetInfo) -> None:
+    """train.best_metric, expected.metric and expected.curve.metric must name metrics the run
+    reports where they are read; metrics of generated outputs (BLEU, ...) exist at evaluations
+    only with decode.on_eval."""
+    names = task.metric_names(info)
+    at_eval = [n for n in names if n not in task.generated_metrics or config.decode.on_eval]
+    wanted = [("train.best_metric", config.train.best_metric, ("eval",))]
+    target = Expected.from_fields(config.expected)
+    if target:
+        wanted.append(("expected.metric", target.metric, ("eval", "test")))
+    curve = Curve.from_fields(config.expected.curve)
+    if curve:
+        wanted.append(("expected.curve.metric", curve.metric, ("eval",)))
+    for field, metric, splits in wanted:
+        if not metric:
+            continue
+        split, _, name = metric.partition("/")
+        available = names if split == "test" else at_eval
+        if split not in splits or name not in available:
+            known = ", ".join(
+                f"{s}/{n}" for s in splits for n in (names if s == "test" else at_eval)
+            )
+            hint = (
+                f"; {name} is computed at evaluations only with --config.decode.on_eval=true"
+                if name in names and name not in available
+                else ""
+            )
+            raise ConfigError(
+                f"{field}={metric!r} is not a metric of this run; use one of {known}{hint}"
+            )
 
 
 def _first_line(error: Exception) -> str:
@@ -199,8 +214,11 @@ def run(
                 workdir.supersede_results(wd, relaunch.results["step"])
             workdir.write_json(wd / "config.json", config.to_dict())
             workdir.record_provenance(wd / "provenance.json", list(argv), **extra)
-            for name, text in prep.info.workdir_files.items():
-                (wd / name).write_text(text)
+            for name, content in prep.info.workdir_files.items():
+                path = wd / name
+                path.write_bytes(content) if isinstance(content, bytes) else path.write_text(
+                    content
+                )
         return _train(config, wd, prep, started, stop_after_step)
 
 
@@ -240,18 +258,26 @@ def _train(
     # ---------------------------------------------------------------------------------------------
     # Evaluation: every example exactly once (padding masked out), on the EMA weights if enabled.
     # ---------------------------------------------------------------------------------------------
-    def evaluate(state: dict, split: str) -> tuple[dict[str, float], dict]:
-        """Metrics of the current (or EMA) parameters on a TFDS split."""
+    generate_step = steps.compile_generate_step(parts, mesh) if parts.task.generate else None
+
+    def evaluate(state: dict, split: str, generate: bool) -> tuple[dict[str, float], dict]:
+        """Metrics of the current (or EMA) parameters on a TFDS split; with `generate`, also of
+        the model's own outputs (translations), which the task writes to the workdir."""
         params = state["ema_params"] if parts.ema_decay else state["params"]
         collected = []
         for local in prep.eval_data[split]:
             batch = parallel.global_batch(local, mesh)
-            outputs, mask = parallel.gather(
-                (eval_step(params, state["model_state"], batch), batch["mask"])
-            )
+            outputs = eval_step(params, state["model_state"], batch)
+            if generate and generate_step is not None:
+                outputs |= generate_step(params, state["model_state"], batch)
+            outputs, mask = parallel.gather((outputs, batch["mask"]))
             collected.append(jax.tree.map(lambda x, m=mask: x[m], outputs))
         outputs = jax.tree.map(lambda *xs: np.concatenate(xs), *collected)
-        return parts.task.summarize(outputs, prep.info)
+        metrics, details = parts.task.summarize(outputs, prep.info, split=split)
+        if is_main:
+            for name, text in parts.task.files(details, split).items():
+                (wd / name).write_text(text)
+        return metrics, details
 
     # ---------------------------------------------------------------------------------------------
     # Checkpoint: resume from the newest readable step, or initialise.
@@ -393,7 +419,7 @@ def _train(
 
                 eval_metrics = None
                 if step % tc.eval_every_steps == 0 or step == tc.steps:
-                    values, _ = evaluate(state, config.data.eval_split)
+                    values, _ = evaluate(state, config.data.eval_split, config.decode.on_eval)
                     writer.write(step, "eval", values)
                     eval_metrics = {f"eval/{k}": v for k, v in values.items()}
                     if headline in eval_metrics:
@@ -459,7 +485,7 @@ def _train(
     # ---------------------------------------------------------------------------------------------
     # Final evaluation on the test split.
     # ---------------------------------------------------------------------------------------------
-    test_metrics, details = evaluate(state, config.data.test_split)
+    test_metrics, details = evaluate(state, config.data.test_split, generate=True)
     writer.write(step, "test", test_metrics)
     writer.close()
     ckpt.close()
@@ -475,7 +501,7 @@ def _train(
         num_params=prep.num_params,
         best_step=meta["best_step"],
         stopped_early=meta["stopped_early"],
-        details={"test": {k: v for k, v in details.items() if k != "text_report"}},
+        details={"test": {k: v for k, v in details.items() if not k.startswith("_")}},
     )
     if is_main:
         workdir.write_json(wd / "results.json", result)

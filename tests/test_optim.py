@@ -364,3 +364,20 @@ def test_exponential_needs_a_positive_end_lr():
     with pytest.raises(ValueError, match=r"exponential' needs schedule.end_lr > 0") as error:
         optim.validate(*make_configs(schedule={"name": "exponential"}), total_steps=100)
     assert "\n" not in str(error.value)
+
+
+def test_rsqrt_is_vaswani_et_al_equation_3():
+    """lrate = d_model^-0.5 * min(step^-0.5, step * warmup^-1.5) (Sec. 5.3), with learning_rate
+    set to its peak d_model^-0.5 * warmup^-0.5; step is the update count optax passes (the first
+    update gets step 0, so lrate 0, where the paper's step_num would be 1)."""
+    d_model, warmup = 512, 4000
+    steps = [0, 1, 100, 3999, 4000, 4001, 16000, 100000]
+    ours = schedule_at(
+        {"name": "rsqrt", "warmup_steps": warmup},
+        steps,
+        lr=d_model**-0.5 * warmup**-0.5,
+        total=100000,
+    )
+    paper = [0.0] + [d_model**-0.5 * min(s**-0.5, s * warmup**-1.5) for s in steps[1:]]
+    np.testing.assert_allclose(ours, paper, rtol=2e-6)
+    assert ours[4] == pytest.approx(6.988e-4, rel=1e-3)  # The peak, at step 4000.

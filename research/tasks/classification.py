@@ -9,7 +9,7 @@ import numpy as np
 import optax
 from sklearn import metrics as skm
 
-from research.tasks.base import Task
+from research.tasks.base import Task, single_input
 
 
 def train_loss(
@@ -31,8 +31,11 @@ def eval_outputs(logits: jax.Array, batch: dict) -> dict:
     return {"loss": loss, "probs": jax.nn.softmax(logits), "label": batch["label"]}
 
 
-def summarize(outputs: dict[str, np.ndarray], info: Any) -> tuple[dict[str, float], dict]:
+def summarize(
+    outputs: dict[str, np.ndarray], info: Any, split: str = ""
+) -> tuple[dict[str, float], dict]:
     """Accuracy, top-5, macro F1 and the per-class report, all computed by scikit-learn."""
+    del split
     labels, probs = outputs["label"], outputs["probs"]
     predictions = probs.argmax(-1)
     classes = np.arange(probs.shape[-1])
@@ -58,7 +61,7 @@ def summarize(outputs: dict[str, np.ndarray], info: Any) -> tuple[dict[str, floa
             zero_division=0,
         ),
         "confusion_matrix": skm.confusion_matrix(labels, predictions, labels=classes).tolist(),
-        "text_report": skm.classification_report(
+        "_text_report": skm.classification_report(
             labels, predictions, labels=classes, target_names=names, digits=4, zero_division=0
         ),
     }
@@ -69,7 +72,7 @@ def report(details: dict) -> str:
     """The scikit-learn classification report and confusion matrix, as printed text."""
     matrix = "\n".join(" ".join(f"{v:4d}" for v in row) for row in details["confusion_matrix"])
     return (
-        f"{details['text_report']}\nconfusion matrix (rows: true, columns: predicted)\n{matrix}\n"
+        f"{details['_text_report']}\nconfusion matrix (rows: true, columns: predicted)\n{matrix}\n"
     )
 
 
@@ -78,11 +81,13 @@ def metric_names(info: Any) -> tuple[str, ...]:
     return ("loss", "accuracy", "macro_f1") + (("top5_accuracy",) if info.num_classes > 5 else ())
 
 
-def make(label_smoothing: float = 0.0) -> Task:
+def make(label_smoothing: float = 0.0, decode: Any = None) -> Task:
     """The classification task; `label_smoothing` is train.label_smoothing."""
+    del decode  # Nothing to generate.
+    inputs, example_inputs = single_input("image", "float32")
     return Task(
-        input_key="image",
-        input_dtype="float32",
+        inputs=inputs,
+        example_inputs=example_inputs,
         train_loss=functools.partial(train_loss, label_smoothing=label_smoothing),
         eval_outputs=eval_outputs,
         summarize=summarize,

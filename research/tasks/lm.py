@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from research.tasks.base import Task
+from research.tasks.base import Task, single_input
 
 
 def train_loss(
@@ -47,9 +47,11 @@ def eval_outputs(logits: jax.Array, batch: dict) -> dict:
     return {"loss": losses.mean(-1), "accuracy": correct.mean(-1)}
 
 
-def summarize(outputs: dict[str, np.ndarray], info: Any) -> tuple[dict[str, float], dict]:
+def summarize(
+    outputs: dict[str, np.ndarray], info: Any, split: str = ""
+) -> tuple[dict[str, float], dict]:
     """Loss per token, perplexity, bits per token and next-token accuracy over all windows."""
-    del info
+    del info, split
     loss = float(np.mean(outputs["loss"], dtype=np.float64))
     metrics = {
         "loss": loss,
@@ -71,11 +73,13 @@ def metric_names(info: Any) -> tuple[str, ...]:
     return ("loss", "perplexity", "bits_per_token", "accuracy")
 
 
-def make(label_smoothing: float = 0.0) -> Task:
+def make(label_smoothing: float = 0.0, decode: Any = None) -> Task:
     """The language-modelling task; `label_smoothing` is train.label_smoothing."""
+    del decode  # Nothing to generate.
+    inputs, example_inputs = single_input("inputs", "int32")
     return Task(
-        input_key="inputs",
-        input_dtype="int32",
+        inputs=inputs,
+        example_inputs=example_inputs,
         train_loss=functools.partial(train_loss, label_smoothing=label_smoothing),
         eval_outputs=eval_outputs,
         summarize=summarize,

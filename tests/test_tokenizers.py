@@ -46,7 +46,7 @@ def test_char_unknown_character_is_a_clear_error():
 
 
 def test_table_and_unknown_kind():
-    assert sorted(tokenizers.TOKENIZERS) == ["char", "gpt2"]
+    assert sorted(tokenizers.TOKENIZERS) == ["char", "gpt2", "sentencepiece"]
     assert tokenizers.TOKENIZERS["char"] is tokenizers.CharTokenizer
     assert tokenizers.TOKENIZERS["gpt2"] is tokenizers.GPT2Tokenizer
     with pytest.raises(ValueError, match="unknown tokenizer kind 'wordpiece'"):

@@ -12,6 +12,7 @@ The trainer needs three calls (see pipeline.py, sources.py and text.py for what 
 
     "images"  labelled images (pipeline.py, sources.py): {"image", "label"} batches
     "text"    token windows for language models (text.py): {"inputs", "targets"} batches
+    "translation"  sentence pairs (translation.py): {"source", "target_in", "target_out", ...}
 """
 
 import dataclasses
@@ -19,7 +20,7 @@ from collections.abc import Callable
 
 import ml_collections
 
-from research.data import pipeline, sources, text
+from research.data import pipeline, sources, text, translation
 from research.data.sources import DatasetInfo
 from research.errors import ConfigError, DatasetUnavailable
 
@@ -36,6 +37,7 @@ class Kind:
 KINDS: dict[str, Kind] = {
     "images": Kind(sources.info, pipeline.train_iterator, pipeline.eval_batches),
     "text": Kind(text.info, text.train_iterator, text.eval_batches),
+    "translation": Kind(translation.info, translation.train_iterator, translation.eval_batches),
 }
 
 

@@ -1,8 +1,9 @@
 """TFDS splits as random-access sources, through `tfds.data_source` (ArrayRecord, no TensorFlow).
 
-`data.name` is a TFDS name. "digits" is our local builder (research/data/digits.py), prepared on
-first use from scikit-learn's bundled copy; every other name ("mnist", "cifar10", ...) is TFDS's
-own. Preparing those downloads the data and PNG-encodes images through TensorFlow, so on a machine
+`data.name` is a TFDS name. "digits" and "number_words" are our local builders
+(research/data/digits.py, number_words.py), prepared on first use from what packages ship
+(scikit-learn's digits, num2words); every other name ("mnist", "cifar10", ...) is TFDS's own.
+Preparing those downloads the data and PNG-encodes images through TensorFlow, so on a machine
 without it `open_split` raises `DatasetUnavailable` with the one command that fixes it. Reading a
 prepared ArrayRecord dataset never needs TensorFlow (images are decoded with PIL).
 
@@ -21,7 +22,7 @@ import importlib.util
 import logging
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +30,14 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from research.data import digits  # noqa: F401  (registers the "digits" builder with TFDS)
+# Imported to register the "digits" and "number_words" builders with TFDS.
+from research.data import digits, number_words  # noqa: F401
 from research.errors import ConfigError, DatasetUnavailable
 
 MOCK_NUM_EXAMPLES = 512
 
 # Builders prepared here from files a package ships (no download): available on any machine.
-LOCAL_BUILDERS = ("digits",)
+LOCAL_BUILDERS = ("digits", "number_words")
 # Where TFDS's own downloads come from; reaching it in a few seconds means the network works.
 _PROBE_HOST, _PROBE_TIMEOUT_S = ("storage.googleapis.com", 443), 5.0
 
@@ -56,8 +58,13 @@ class DatasetInfo:
     class_names: list[str]
     input_shape: tuple[int, ...]  # One example: (height, width, channels), or (tokens,).
     num_train: int  # Examples (or tokens) in data.train_split.
-    # Files the run keeps in its workdir to be usable later, e.g. {"tokenizer.json": ...}.
-    workdir_files: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Files the run keeps in its workdir to be usable later, e.g. {"tokenizer.json": ...}: str
+    # values are written as text, bytes as they are ({"tokenizer.model": ...}).
+    workdir_files: dict[str, str | bytes] = dataclasses.field(default_factory=dict)
+    # Translation (research/data/translation.py), for the seq2seq task: token ids -> text (up to
+    # the first EOS; pad and BOS skipped), and a split's raw (sources, targets) in split order.
+    decode_text: Callable[[np.ndarray], str] | None = None
+    texts: Callable[[str], tuple[list[str], list[str]]] | None = None
 
 
 def open_split(data_config: ml_collections.ConfigDict, split: str) -> Sequence[dict[str, Any]]:

@@ -5,18 +5,27 @@
     tok.decode(ids)                      # "To be"
     tok = from_json(tok.to_json())       # {"kind": "char", ...} -> the right class
 
+    tok = SentencePieceTokenizer.train(sentences, vocab_size=8000)   # translation's tokenizer
+    tok = SentencePieceTokenizer.from_bytes(tok.to_bytes())          # its .model file
+
 - "char": one token per distinct character of the training text, in sorted order (nanoGPT's
   data/shakespeare_char/prepare.py: 65 tokens for tiny Shakespeare).
 - "gpt2": GPT-2's byte-level BPE (Radford et al. 2019) through tiktoken: 50,257 tokens, the
   last, 50256, being <|endoftext|>. tiktoken downloads its two BPE files on first use and
   caches them; offline, copy them into the cache first (see `GPT2Tokenizer.load_encoding`).
+- "sentencepiece": a unigram SentencePiece model (Kudo 2018) trained on sentences, e.g. both sides
+  of a translation corpus for one shared vocabulary (research/data/translation.py), with fixed ids
+  pad 0, unk 1, bos 2, eos 3. Serialised as SentencePiece's own .model bytes.
 """
 
+import base64
+import io
 import json
 from collections.abc import Iterable
 from typing import Protocol
 
 import numpy as np
+import sentencepiece
 import tiktoken
 
 
@@ -138,9 +147,126 @@ class GPT2Tokenizer:
         return cls()
 
 
-TOKENIZERS: dict[str, type[CharTokenizer] | type[GPT2Tokenizer]] = {
+class SentencePieceTokenizer:
+    """A SentencePiece model: pad 0, unk 1, bos 2, eos 3, then the trained pieces.
+
+    Trained as the flax WMT example trains its vocabulary (examples/wmt/tokenizer.py): a unigram
+    model with character_coverage=1.0 and SentencePiece's default NFKC-based normalisation
+    ("nmt_nfkc": runs of spaces become one, so decode(encode(x)) == x for text with single
+    spaces). `vocab_size` is a soft limit (hard_vocab_limit=False): a corpus too small for it
+    (number words have under a thousand useful pieces) gets a smaller vocabulary, not an error.
+
+    Training is deterministic: the same sentences give the same model bytes. We hand SentencePiece
+    every sentence (no sampling, so no random seed is involved) and fix num_threads=1; its EM
+    sums over threads, so models trained with different thread counts differ in their scores.
+    """
+
+    kind = "sentencepiece"
+    PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+    TRAINER_OPTIONS = dict(
+        model_type="unigram",
+        character_coverage=1.0,
+        hard_vocab_limit=False,
+        num_threads=1,
+        pad_id=PAD_ID,
+        unk_id=UNK_ID,
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+        minloglevel=2,  # SentencePiece's progress lines: warnings and errors only.
+    )
+
+    def __init__(self, model: bytes):
+        """`model`: the bytes of a SentencePiece .model file with our four special ids."""
+        self.model = bytes(model)
+        try:
+            self.processor = sentencepiece.SentencePieceProcessor(model_proto=self.model)
+        except RuntimeError:
+            raise ValueError("these bytes are not a SentencePiece model (.model file)") from None
+        ids = {
+            "pad": self.processor.pad_id(),
+            "unk": self.processor.unk_id(),
+            "bos": self.processor.bos_id(),
+            "eos": self.processor.eos_id(),
+        }
+        wanted = dict(zip(ids, (self.PAD_ID, self.UNK_ID, self.BOS_ID, self.EOS_ID)))
+        if ids != wanted:
+            raise ValueError(
+                f"this SentencePiece model has special ids {ids}; we need {wanted} (train it with "
+                "--pad_id=0 --unk_id=1 --bos_id=2 --eos_id=3)"
+            )
+
+    @classmethod
+    def train(cls, sentences: Iterable[str], vocab_size: int) -> "SentencePieceTokenizer":
+        """A model of at most `vocab_size` pieces trained on `sentences` (one text each).
+
+        Raises ValueError, with SentencePiece's reason, when it cannot train (no text, or a
+        vocabulary too small for the characters of the text).
+        """
+        model = io.BytesIO()
+        try:
+            sentencepiece.SentencePieceTrainer.train(
+                sentence_iterator=iter(sentences),
+                model_writer=model,
+                vocab_size=vocab_size,
+                **cls.TRAINER_OPTIONS,
+            )
+        except RuntimeError as e:
+            reason = (str(e).strip().splitlines() or [""])[-1]
+            raise ValueError(f"SentencePiece could not train a vocabulary: {reason}") from None
+        return cls(model.getvalue())
+
+    @classmethod
+    def fit(cls, text: str) -> "SentencePieceTokenizer":
+        """Not for a token stream: SentencePiece is trained on sentences (see `train`).
+
+        RuntimeError, which research/data/text.py reports in one line.
+        """
+        del text
+        raise RuntimeError(
+            "data.tokenizer='sentencepiece' is trained on the sentences of data.kind='translation'; "
+            "for data.kind='text' choose char or gpt2"
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        """Pieces, the four special ids included."""
+        return self.processor.get_piece_size()
+
+    def encode(self, text: str) -> np.ndarray:
+        """int32 ids of `text`, without bos/eos."""
+        return np.array(self.processor.encode(text), dtype=np.int32)
+
+    def encode_all(self, texts: list[str]) -> list[list[int]]:
+        """The ids of many texts at once (SentencePiece encodes them in parallel)."""
+        return self.processor.encode(texts)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """The text of `ids`; pad, bos and eos decode to nothing, unk to " ⁇ "."""
+        return self.processor.decode([int(i) for i in ids])
+
+    def to_bytes(self) -> bytes:
+        """The .model file: what `spm_encode --model=...` and `from_bytes` read."""
+        return self.model
+
+    @classmethod
+    def from_bytes(cls, model: bytes) -> "SentencePieceTokenizer":
+        """Inverse of `to_bytes`."""
+        return cls(model)
+
+    def to_json(self) -> str:
+        """{"kind": "sentencepiece", "model": base64 of the .model bytes}."""
+        return json.dumps({"kind": self.kind, "model": base64.b64encode(self.model).decode()})
+
+    @classmethod
+    def from_json(cls, text: str) -> "SentencePieceTokenizer":
+        """Inverse of `to_json`."""
+        return cls(base64.b64decode(json.loads(text)["model"]))
+
+
+TOKENIZERS: dict[str, type[CharTokenizer] | type[GPT2Tokenizer] | type[SentencePieceTokenizer]] = {
     "char": CharTokenizer,
     "gpt2": GPT2Tokenizer,
+    "sentencepiece": SentencePieceTokenizer,
 }
 
 

@@ -552,7 +552,17 @@ KIND_FIELDS = {
 }
 
 
+# The tokenizers each kind of data can use (research/data/tokenizers.py TOKENIZERS).
+KIND_TOKENIZERS = {"text": ("char", "gpt2"), "translation": ("sentencepiece",)}
+
+
 def _check_kind_fields(data: ml_collections.ConfigDict) -> None:
+    usable = KIND_TOKENIZERS.get(data.kind)
+    if usable and data.tokenizer not in usable:
+        raise ConfigError(
+            f"data.tokenizer={data.tokenizer!r} does not serve data.kind={data.kind!r}; choose "
+            f"one of {', '.join(usable)}"
+        )
     declared = flatten(defaults().data)
     given = flatten(data)
     for field, kinds in KIND_FIELDS.items():

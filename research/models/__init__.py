@@ -24,13 +24,14 @@ from typing import Any
 
 import flax.linen as nn
 
-from research.models import cnn, gpt, resnet
+from research.models import cnn, gpt, resnet, transformer
 
 MODELS: dict[str, type[nn.Module]] = {
     "cnn": cnn.SmallCNN,
     "lenet5": cnn.LeNet5,
     "resnet": resnet.CifarResNet,
     "gpt": gpt.GPT,
+    "transformer": transformer.Transformer,
 }
 
 # Module fields that are not config fields: flax's own, and those the trainer sets.
@@ -42,6 +43,7 @@ SMOKE_SIZES: dict[str, dict[str, Any]] = {
     "lenet5": {},
     "resnet": dict(depth=8),
     "gpt": dict(num_layers=1, num_heads=2, embed_dim=32, block_size=16),
+    "transformer": dict(encoder_layers=1, decoder_layers=1, num_heads=2, embed_dim=32, mlp_dim=64),
 }
 
 

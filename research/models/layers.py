@@ -190,6 +190,9 @@ class TransformerBlock(nn.Module):
     matmul_dtype: Any = None  # operands of the attention and MLP matmuls; None = dtype
     kernel_init: Initializer = nn.initializers.normal(0.02)  # GPT-2
     out_kernel_init: Initializer = nn.initializers.normal(0.02)  # GPT sets 0.02/sqrt(2L)
+    # The MLP's first matmul; None: kernel_init. The Transformer initializes attention's fused
+    # q|k|v kernel per projection, which an MLP's single [D, hidden] kernel must not be.
+    mlp_kernel_init: Initializer | None = None
 
     @nn.compact
     def __call__(
@@ -239,7 +242,7 @@ class TransformerBlock(nn.Module):
             use_bias=self.use_bias,
             dtype=self.dtype,
             matmul_dtype=self.matmul_dtype,
-            kernel_init=self.kernel_init,
+            kernel_init=self.mlp_kernel_init or self.kernel_init,
             out_kernel_init=self.out_kernel_init,
             name="mlp",
         )

@@ -304,11 +304,13 @@ def _gather_beams(x: jax.Array, parent: jax.Array) -> jax.Array:
 
 
 def _check_translate(model: nn.Module, source: jax.Array, max_extra_tokens: int) -> None:
+    if max_extra_tokens < 0:
+        raise ValueError(f"max_extra_tokens must be >= 0, got {max_extra_tokens}")
     out_len = source.shape[1] + max_extra_tokens
-    if max_extra_tokens < 0 or out_len > model.max_len:
+    if out_len > model.max_len:
         raise ValueError(
-            f"source width ({source.shape[1]}) + max_extra_tokens ({max_extra_tokens}) must be "
-            f"in [source width, the model's max_len {model.max_len}]; lower max_extra_tokens"
+            f"source width {source.shape[1]} + max_extra_tokens {max_extra_tokens} exceeds the "
+            f"model's max_len {model.max_len}; lower max_extra_tokens or raise model.max_len"
         )
 
 
@@ -342,8 +344,12 @@ def translate(
 
     tensor2tensor's beam search (and flax's WMT example's): `beam_size` alive hypotheses per
     example, log-probabilities summed, finished ones scored by log-probability / length_penalty
-    (length counting EOS, alpha 0.6 in Vaswani et al. Section 6.1). beam_size 1 is greedy.
-    One jitted function per shape and static argument; `alpha` is traced (no recompile).
+    (length counting EOS; Vaswani et al. Section 6.1 use beam 4, alpha 0.6), an example done when
+    no alive hypothesis can beat its best finished one. Two rules of fairseq's make beam_size 1
+    exactly greedy: an EOS extension finishes a hypothesis only if it ranks among the beam_size
+    best extensions of its step, and an example is also done once beam_size have finished.
+    Returns the best finished hypothesis per example. One jitted function per shape and static
+    argument; `alpha` is traced (no recompile).
     """
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")

@@ -642,6 +642,11 @@ def smoke(config: ml_collections.ConfigDict) -> None:
         config.data.path = ""
     if config.data.kind == "text":
         config.data.seq_len = min(config.data.seq_len, 16)
+    if config.data.kind == "translation":  # A vocabulary the tiny model's outputs cover.
+        config.data.seq_len = min(config.data.seq_len, 32)
+        config.data.tokenizer_vocab_size = min(
+            config.data.tokenizer_vocab_size, config.model.vocab_size
+        )
     train = config.train
     train.steps = 12
     train.log_every_steps = 4
@@ -653,5 +658,7 @@ def smoke(config: ml_collections.ConfigDict) -> None:
         config.optimizer.grad_accum_steps = 1
     config.schedule.warmup_steps = min(config.schedule.warmup_steps, 2)
     config.schedule.decay_steps = 0  # = train.steps
+    config.decode.beam_size = min(config.decode.beam_size, 2)  # Still a beam search.
+    config.decode.max_extra_tokens = min(config.decode.max_extra_tokens, 8)
     config.expected.metric = ""
     config.expected.curve.metric = ""

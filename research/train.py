@@ -6,6 +6,7 @@ the loop, final evaluation. The state and the steps are research/steps.py's; thi
 """
 
 import dataclasses
+import functools
 import logging
 import sys
 import time
@@ -74,6 +75,17 @@ def prepare(
         )
         for split in dict.fromkeys((config.data.eval_split, config.data.test_split))
     }
+    if parts.task.generate is not None:  # Trace generation once: a bad setting shows up now.
+        example = next(iter(eval_data[config.data.test_split]))
+        try:
+            jax.eval_shape(
+                functools.partial(steps.generate_step, parts),
+                abstract_state["params"],
+                abstract_state["model_state"],
+                example,
+            )
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"decoding: {_first_line(e)}") from None
     relaunch = workdir.inspect(workdir_path, config, fork_from)
     if relaunch.latest_step is not None and not relaunch.finished:
         source = relaunch.fork_from or workdir_path

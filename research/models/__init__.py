@@ -43,7 +43,9 @@ SMOKE_SIZES: dict[str, dict[str, Any]] = {
     "lenet5": {},
     "resnet": dict(depth=8),
     "gpt": dict(num_layers=1, num_heads=2, embed_dim=32, block_size=16),
-    "transformer": dict(encoder_layers=1, decoder_layers=1, num_heads=2, embed_dim=32, mlp_dim=64),
+    "transformer": dict(
+        encoder_layers=1, decoder_layers=1, num_heads=2, embed_dim=32, mlp_dim=64, vocab_size=512
+    ),
 }
 
 

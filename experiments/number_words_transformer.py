@@ -11,8 +11,8 @@ model has to reorder and to generate sub-words. Data: research/data/number_words
 with num2words; 50,000 training numbers drawn from [0, 10^6), 2,000 validation and 2,000 test
 numbers, all disjoint. SentencePiece (unigram) trained on the training pairs: 986 pieces.
 Model: the encoder-decoder of Vaswani et al. 2017 at 3+3 layers, d_model 128, 4 heads, d_ff 512
-(1.5M parameters), trained as the paper trains (Adam 0.9/0.98/1e-9, inverse square-root
-schedule, label smoothing 0.1, dropout 0.1), on packed rows of 32 tokens.
+(1,519,616 parameters), trained with the paper's Adam (0.9, 0.98, 1e-9), label smoothing 0.1 and
+dropout 0.1, but a cosine schedule (below), on packed rows of 32 tokens (about 240 pairs a step).
 
 Expected: exact match >= 99% on the 2,000 test numbers, with beam search (beam 4, alpha 0.6).
 Source: the project's target for this task (a 1.5M-parameter Transformer reaches 100% on it).
@@ -58,10 +58,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.b2 = 0.98
     c.optimizer.eps = 1e-9
     c.optimizer.learning_rate = 2e-3  # The peak, at warmup_steps.
-    c.schedule.name = "rsqrt"
-    c.schedule.warmup_steps = 400
+    # Cosine decay rather than the paper's inverse square root: on a 2,000-step budget it ends
+    # annealed (the rsqrt schedule at 3,000 steps reached 99.60% exact; this, 99.65% at 2,000).
+    c.schedule.name = "warmup_cosine"
+    c.schedule.warmup_steps = 200
 
-    c.train.steps = 3000
+    c.train.steps = 2000
     c.train.batch_size = 64  # Rows of 32 tokens: about 240 pairs.
     c.train.eval_batch_size = 500
     c.train.label_smoothing = 0.1

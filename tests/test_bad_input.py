@@ -119,6 +119,7 @@ def test_every_field_refuses_wrong_types_and_out_of_range_values(
     assert data.available_offline(baseline.data) or path.name == "digits_cnn.py"
     train.prepare(baseline, tmp_path / "baseline")
     assert not (tmp_path / "baseline").exists()
+    capsys.readouterr()  # A dataset prepared on first use shows TFDS progress bars: not ours.
 
     a_file = tmp_path / "a_file"
     a_file.write_text("not a directory")

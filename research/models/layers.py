@@ -34,12 +34,16 @@ def lookup(table: Mapping[str, Any], key: str, field: str) -> Any:
 
 # --- normalization --------------------------------------------------------------------------
 
-# name -> constructor(use_bias, dtype, name). Epsilon 1e-5 as GPT-2 (torch.nn.LayerNorm default).
+# name -> constructor(use_bias, dtype, name, epsilon). Epsilon 1e-5 by default, as GPT-2
+# (torch.nn.LayerNorm's default); BERT uses 1e-12, ViT 1e-6.
+NORM_EPSILON = 1e-5
 NORMS: dict[str, Callable[..., nn.Module]] = {
     # Ba et al. 2016. use_bias=False drops the shift, as nanoGPT's bias=False.
-    "layer": lambda use_bias, **kw: nn.LayerNorm(epsilon=1e-5, use_bias=use_bias, **kw),
+    "layer": lambda use_bias, epsilon=NORM_EPSILON, **kw: nn.LayerNorm(
+        epsilon=epsilon, use_bias=use_bias, **kw
+    ),
     # Zhang & Sennrich 2019: rescale by the root mean square; no centering, no shift at all.
-    "rms": lambda use_bias, **kw: nn.RMSNorm(epsilon=1e-5, **kw),
+    "rms": lambda use_bias, epsilon=NORM_EPSILON, **kw: nn.RMSNorm(epsilon=epsilon, **kw),
 }
 
 
@@ -183,6 +187,7 @@ class TransformerBlock(nn.Module):
     attention_dropout_rate: float = 0.0  # on attention probabilities
     activation: str = "gelu"
     norm: str = "layer"
+    norm_epsilon: float = NORM_EPSILON
     norm_position: str = "pre"
     rotary: bool = False
     use_bias: bool = True
@@ -208,7 +213,10 @@ class TransformerBlock(nn.Module):
         """[B, T, D] -> [B, T, D]; `mask` is for self-attention, `context_mask` for cross."""
         residual = lookup(RESIDUALS, self.norm_position, "norm_position")
         make_norm = partial(
-            lookup(NORMS, self.norm, "norm"), use_bias=self.use_bias, dtype=self.dtype
+            lookup(NORMS, self.norm, "norm"),
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            epsilon=self.norm_epsilon,
         )
         attention = partial(
             MultiHeadAttention,

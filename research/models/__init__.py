@@ -24,7 +24,7 @@ from typing import Any
 
 import flax.linen as nn
 
-from research.models import cnn, gpt, resnet, transformer
+from research.models import cnn, gpt, resnet, transformer, vit
 
 MODELS: dict[str, type[nn.Module]] = {
     "cnn": cnn.SmallCNN,
@@ -32,6 +32,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "resnet": resnet.CifarResNet,
     "gpt": gpt.GPT,
     "transformer": transformer.Transformer,
+    "vit": vit.ViT,
 }
 
 # Module fields that are not config fields: flax's own, and those the trainer sets.
@@ -46,6 +47,7 @@ SMOKE_SIZES: dict[str, dict[str, Any]] = {
     "transformer": dict(
         encoder_layers=1, decoder_layers=1, num_heads=2, embed_dim=32, mlp_dim=64, vocab_size=512
     ),
+    "vit": dict(width=32, depth=1, num_heads=2, mlp_dim=64),  # The recipe's patch size and head.
 }
 
 

@@ -264,6 +264,30 @@ def restore_state(directory: Path, step: int | None = None, target: Any = None) 
         return step, checkpointer.restore(directory / str(step) / "state", target)
 
 
+def param_shapes(directory: Path, step: int) -> dict[str, tuple[int, ...]]:
+    """{"layer_0/attn/qkv/kernel": shape} of the parameters saved at `step` (metadata only)."""
+    saved = _saved_tree(directory, step)
+    if saved is None:
+        raise ConfigMismatch(f"the checkpoint at step {step} in {directory} cannot be read")
+    prefix = "params/"
+    return {
+        k[len(prefix) :]: shape for k, (shape, _) in _shapes(saved).items() if k.startswith(prefix)
+    }
+
+
+def read_params(directory: Path, step: int) -> dict[str, Any]:
+    """{"layer_0/attn/qkv/kernel": array} of the parameters saved at `step`, on this host."""
+    _, state = restore_state(directory, step)
+    return {k: v for k, v in _flat(state["params"]).items()}
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+    return {
+        "/".join(str(getattr(k, "key", k)) for k in path): leaf
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
+
+
 def copy_step(source: Path, step: int, destination: Path) -> None:
     """Copy checkpoint `step` from one checkpoints directory to another (`--fork_from`)."""
     target = Path(destination) / str(step)

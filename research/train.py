@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from research import checkpoint, data, guard, parallel, steps, workdir
+from research import checkpoint, data, guard, initialize, parallel, steps, workdir
 from research.data import DatasetInfo
 from research.errors import ConfigError, ConfigMismatch, TrainingHalted
 from research.expected import Curve, Expected
@@ -43,6 +43,7 @@ class Prepared:
     num_params: int
     eval_data: dict[str, Any]  # split -> this process's evaluation batches (iterable again)
     relaunch: workdir.Relaunch
+    init: initialize.Plan | None  # Weights from another run (config.init), for a fresh start.
 
 
 def prepare(
@@ -97,8 +98,10 @@ def prepare(
                 f"the checkpoint at step {relaunch.latest_step} in {source} does not fit this "
                 f"model ({different}); use a fresh --workdir"
             )
+    fresh = relaunch.latest_step is None  # A run resuming its own checkpoint ignores config.init.
+    init = initialize.plan(config.init, abstract_state["params"]) if fresh else None
     num_params = sum(x.size for x in jax.tree.leaves(abstract_state["params"]))
-    return Prepared(info, parts, abstract_state, num_params, eval_data, relaunch)
+    return Prepared(info, parts, abstract_state, num_params, eval_data, relaunch, init)
 
 
 def prepare_model(config: ml_collections.ConfigDict) -> tuple[DatasetInfo, steps.Parts, dict]:
@@ -216,6 +219,14 @@ def run(
                     f"{workdir.describe_changes(relaunch.changes) or 'nothing'}",
                     flush=True,
                 )
+            elif prep.init is not None:
+                extra["initialized_from"] = {
+                    "workdir": str(prep.init.source.absolute()),
+                    "step": prep.init.step,
+                    "copied": list(prep.init.copied),
+                    "fresh": list(prep.init.fresh),
+                }
+                print(prep.init.describe(), flush=True)
             elif relaunch.changes:
                 extra["changed"] = relaunch.changes
                 print(
@@ -310,6 +321,11 @@ def _train(
         state = jax.jit(lambda key: steps.init_state(parts, key), out_shardings=state_sharding)(
             parts.init_key
         )
+        if prep.init is not None:  # Fine-tuning: the chosen parameters from another run.
+            params = initialize.apply(prep.init, jax.device_get(state["params"]))
+            state["params"] = jax.device_put(params, state_sharding["params"])
+            if parts.ema_decay:
+                state["ema_params"] = jax.device_put(params, state_sharding["ema_params"])
         meta = {
             "best_value": None,
             "best_step": None,

@@ -13,6 +13,10 @@ The trainer needs three calls (see pipeline.py, sources.py and text.py for what 
     "images"  labelled images (pipeline.py, sources.py): {"image", "label"} batches
     "text"    token windows for language models (text.py): {"inputs", "targets"} batches
     "translation"  sentence pairs (translation.py): {"source", "target_in", "target_out", ...}
+    "masked_text"  masked WordPiece windows for BERT pre-training (masked_text.py):
+                   {"tokens", "segments", "targets", "weights"}
+    "text_classification"  labelled texts or text pairs (labelled_text.py):
+                   {"tokens", "segments", "label"}
 """
 
 import dataclasses
@@ -20,7 +24,7 @@ from collections.abc import Callable
 
 import ml_collections
 
-from research.data import pipeline, sources, text, translation
+from research.data import labelled_text, masked_text, pipeline, sources, text, translation
 from research.data.sources import DatasetInfo
 from research.errors import ConfigError, DatasetUnavailable
 
@@ -38,6 +42,10 @@ KINDS: dict[str, Kind] = {
     "images": Kind(sources.info, pipeline.train_iterator, pipeline.eval_batches),
     "text": Kind(text.info, text.train_iterator, text.eval_batches),
     "translation": Kind(translation.info, translation.train_iterator, translation.eval_batches),
+    "masked_text": Kind(masked_text.info, masked_text.train_iterator, masked_text.eval_batches),
+    "text_classification": Kind(
+        labelled_text.info, labelled_text.train_iterator, labelled_text.eval_batches
+    ),
 }
 
 
@@ -50,6 +58,8 @@ def _kind(data_config: ml_collections.ConfigDict) -> Kind:
 
 def available_offline(data_config: ml_collections.ConfigDict) -> bool:
     """Whether the data needs no download: tfds mock data, or a builder prepared locally."""
+    if data_config.name == "speakers":  # Made from data.path (research/data/speakers.py).
+        return data_config.mock or bool(data_config.path)
     return data_config.mock or data_config.name in sources.LOCAL_BUILDERS
 
 

@@ -8,6 +8,9 @@ split's token stream is its examples' texts concatenated, then tokenized:
   `data.data_dir`, keyed by the file's content hash; split train/validation/test 90/5/5.
 * otherwise the TFDS dataset `data.name`, e.g. "tiny_shakespeare" (same 90/5/5 layout; TFDS
   downloads it on first use, which needs network access and TensorFlow).
+* `data.name = "speakers"` with `data.path`: the play at data.path without the speeches held out
+  by the speaker-attribution task (research/data/speakers.py), so a model pre-trained on it has
+  never read the task's validation or test speeches; splits train, validation, test.
 * `data.mock`: `data.name` through `tfds.testing.mock_data`: 512 random strings over
   " abcdefghij" per split, for smoke tests offline.
 
@@ -34,18 +37,18 @@ import grain
 import ml_collections
 import numpy as np
 
-from research.data import pipeline, sources, text_file, tokenizers
+from research.data import pipeline, sources, speakers, text_file, tokenizers
 from research.errors import ConfigError, DatasetUnavailable
 
 
 def tokenizer(data_config: ml_collections.ConfigDict) -> tokenizers.Tokenizer:
     """The configured tokenizer; "char" is fitted on the text of all splits together."""
-    return _tokenizer(_source_key(data_config), data_config.tokenizer)
+    return _tokenizer(source_key(data_config), data_config.tokenizer)
 
 
 def split_tokens(data_config: ml_collections.ConfigDict, split: str) -> np.ndarray:
     """The int32 token stream of `split` (a TFDS split string such as "validation+test")."""
-    key = _source_key(data_config)
+    key = source_key(data_config)
     return _tokens(key, data_config.tokenizer, split)
 
 
@@ -139,7 +142,7 @@ def eval_batches(
 # -------------------------------------------------------------------------------------------------
 
 
-def _source_key(data_config: ml_collections.ConfigDict) -> tuple:
+def source_key(data_config: ml_collections.ConfigDict) -> tuple:
     """What identifies the text: (name, data_dir, mock, path, content digest)."""
     path, mock = data_config.path, data_config.mock
     digest = ""
@@ -156,6 +159,16 @@ def _source_key(data_config: ml_collections.ConfigDict) -> tuple:
 
 def _open(key: tuple, split: str) -> Sequence[dict[str, Any]]:
     name, data_dir, mock, path, _ = key
+    if name == "speakers":  # A local file, or (mock) a generated play: never a download.
+        if not (path or mock):
+            raise ConfigError(
+                "data.name='speakers' is made from a play's text: set --config.data.path=FILE "
+                "(e.g. tinyshakespeare's input.txt)"
+            )
+        try:
+            return speakers.text(None if mock else path, split)
+        except ValueError as e:
+            raise ConfigError(f"data.name='speakers', data.path={path!r}: {e}") from None
     if path and not mock:
         try:
             prepared = text_file.builder(path, data_dir or None)
@@ -176,7 +189,7 @@ def _open(key: tuple, split: str) -> Sequence[dict[str, Any]]:
 
 
 @functools.lru_cache(maxsize=16)
-def _text(key: tuple, split: str) -> str:
+def text_of(key: tuple, split: str) -> str:
     source = _open(key, split)
     if hasattr(source, "dataset_info"):
         sources.require_features(source, ("text",), "text")
@@ -193,14 +206,14 @@ def _tokenizer(key: tuple, kind: str) -> tokenizers.Tokenizer:
         )
     try:
         # TFDS's split "all" is every split of the dataset: the char vocabulary of the whole text.
-        return tokenizers.TOKENIZERS[kind].fit(_text(key, "all"))
+        return tokenizers.TOKENIZERS[kind].fit(text_of(key, "all"))
     except RuntimeError as e:  # GPT-2's BPE files could not be fetched.
         raise DatasetUnavailable(str(e)) from None
 
 
 @functools.lru_cache(maxsize=16)
 def _tokens(key: tuple, kind: str, split: str) -> np.ndarray:
-    tokens = _tokenizer(key, kind).encode(_text(key, split))
+    tokens = _tokenizer(key, kind).encode(text_of(key, split))
     tokens.flags.writeable = False  # Shared by every caller of the cache.
     return tokens
 

@@ -13,6 +13,12 @@
 - "gpt2": GPT-2's byte-level BPE (Radford et al. 2019) through tiktoken: 50,257 tokens, the
   last, 50256, being <|endoftext|>. tiktoken downloads its two BPE files on first use and
   caches them; offline, copy them into the cache first (see `GPT2Tokenizer.load_encoding`).
+- "wordpiece": BERT's WordPiece (Devlin et al. 2019, Section 3; Wu et al. 2016) through Hugging
+  Face `tokenizers`: BERT's normaliser (lower case, accents stripped) and pre-tokeniser, trained on
+  a text at first use or read from a BERT `vocab.txt`. The special tokens are looked up by name
+  ([PAD], [UNK], [CLS], [SEP], [MASK]), as their ids differ between vocabularies (Google's
+  uncased vocab.txt has [PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103; ours put them first).
+  Serialised as its vocab.txt.
 - "sentencepiece": a unigram SentencePiece model (Kudo 2018) trained on sentences, e.g. both sides
   of a translation corpus for one shared vocabulary (research/data/translation.py), with fixed ids
   pad 0, unk 1, bos 2, eos 3. Serialised as SentencePiece's own .model bytes.
@@ -27,6 +33,7 @@ from typing import Protocol
 import numpy as np
 import sentencepiece
 import tiktoken
+import tokenizers as hf_tokenizers
 
 
 class Tokenizer(Protocol):
@@ -263,10 +270,107 @@ class SentencePieceTokenizer:
         return cls(base64.b64decode(json.loads(text)["model"]))
 
 
-TOKENIZERS: dict[str, type[CharTokenizer] | type[GPT2Tokenizer] | type[SentencePieceTokenizer]] = {
+class WordPieceTokenizer:
+    """BERT's WordPiece vocabulary and its uncased text pipeline, via Hugging Face `tokenizers`.
+
+    `train` learns a vocabulary from texts (tokenizers' WordPieceTrainer: the five special tokens
+    first, then the characters, then merged pieces, up to `vocab_size`); `from_vocab` reads a
+    vocab.txt, one piece per line, id = line number, as Google's BERT releases ship it.
+    """
+
+    kind = "wordpiece"
+    SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+    def __init__(self, vocab: list[str]):
+        """`vocab`: the pieces in id order; it must contain the five special tokens."""
+        self.vocab = list(vocab)
+        ids = {piece: i for i, piece in enumerate(self.vocab)}
+        missing = [t for t in self.SPECIAL_TOKENS if t not in ids]
+        if missing or len(ids) != len(self.vocab):
+            raise ValueError(
+                f"a WordPiece vocabulary needs each of {', '.join(self.SPECIAL_TOKENS)} once and "
+                f"no repeated piece; this one lacks {missing or 'nothing'} and has "
+                f"{len(self.vocab) - len(ids)} repeats"
+            )
+        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (
+            ids[t] for t in self.SPECIAL_TOKENS
+        )
+        tokenizer = hf_tokenizers.Tokenizer(
+            hf_tokenizers.models.WordPiece(vocab=ids, unk_token="[UNK]")
+        )
+        self.tokenizer = self._with_bert_pipeline(tokenizer)
+
+    @staticmethod
+    def _with_bert_pipeline(tokenizer: hf_tokenizers.Tokenizer) -> hf_tokenizers.Tokenizer:
+        tokenizer.normalizer = hf_tokenizers.normalizers.BertNormalizer(lowercase=True)
+        tokenizer.pre_tokenizer = hf_tokenizers.pre_tokenizers.BertPreTokenizer()
+        tokenizer.decoder = hf_tokenizers.decoders.WordPiece()
+        return tokenizer
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int) -> "WordPieceTokenizer":
+        """A vocabulary of at most `vocab_size` pieces learned from `texts` (deterministic)."""
+        tokenizer = cls._with_bert_pipeline(
+            hf_tokenizers.Tokenizer(hf_tokenizers.models.WordPiece(unk_token="[UNK]"))
+        )
+        trainer = hf_tokenizers.trainers.WordPieceTrainer(
+            vocab_size=vocab_size, special_tokens=list(cls.SPECIAL_TOKENS), show_progress=False
+        )
+        tokenizer.train_from_iterator(texts, trainer)
+        vocab = tokenizer.get_vocab()
+        return cls(sorted(vocab, key=vocab.__getitem__))
+
+    @classmethod
+    def fit(cls, text: str) -> "WordPieceTokenizer":
+        """Not for a plain token stream: masked-LM and classification data train it on their
+        splits with data.tokenizer_vocab_size (research/data/masked_text.py, labelled_text.py)."""
+        del text
+        raise RuntimeError(
+            "data.tokenizer='wordpiece' serves data.kind='masked_text' and 'text_classification'; "
+            "for data.kind='text' choose char or gpt2"
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        """Pieces, the special tokens included."""
+        return len(self.vocab)
+
+    def encode(self, text: str) -> np.ndarray:
+        """int32 ids of `text`, without [CLS]/[SEP]."""
+        return np.array(self.tokenizer.encode(text, add_special_tokens=False).ids, np.int32)
+
+    def encode_all(self, texts: list[str]) -> list[list[int]]:
+        """The ids of many texts at once (tokenizers encodes them in parallel)."""
+        return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """The (lower-cased) text of `ids`, special tokens skipped."""
+        return self.tokenizer.decode([int(i) for i in ids])
+
+    def to_vocab(self) -> str:
+        """vocab.txt: one piece per line, in id order."""
+        return "".join(f"{piece}\n" for piece in self.vocab)
+
+    @classmethod
+    def from_vocab(cls, text: str) -> "WordPieceTokenizer":
+        """Inverse of `to_vocab` (also reads Google's and Hugging Face's BERT vocab.txt)."""
+        return cls(text.splitlines())
+
+    def to_json(self) -> str:
+        """{"kind": "wordpiece", "vocab": [...]}."""
+        return json.dumps({"kind": self.kind, "vocab": self.vocab})
+
+    @classmethod
+    def from_json(cls, text: str) -> "WordPieceTokenizer":
+        """Inverse of `to_json`."""
+        return cls(json.loads(text)["vocab"])
+
+
+TOKENIZERS: dict[str, type] = {
     "char": CharTokenizer,
     "gpt2": GPT2Tokenizer,
     "sentencepiece": SentencePieceTokenizer,
+    "wordpiece": WordPieceTokenizer,
 }
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import flax.linen as nn
 
-from research.models import cnn, gpt, resnet, transformer, vit
+from research.models import bert, cnn, gpt, resnet, transformer, vit
 
 MODELS: dict[str, type[nn.Module]] = {
     "cnn": cnn.SmallCNN,
@@ -33,6 +33,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "gpt": gpt.GPT,
     "transformer": transformer.Transformer,
     "vit": vit.ViT,
+    "bert": bert.Bert,
 }
 
 # Module fields that are not config fields: flax's own, and those the trainer sets.
@@ -48,6 +49,7 @@ SMOKE_SIZES: dict[str, dict[str, Any]] = {
         encoder_layers=1, decoder_layers=1, num_heads=2, embed_dim=32, mlp_dim=64, vocab_size=512
     ),
     "vit": dict(width=32, depth=1, num_heads=2, mlp_dim=64),  # The recipe's patch size and head.
+    "bert": dict(size="tiny", vocab_size=512, max_len=128),
 }
 
 

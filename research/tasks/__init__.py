@@ -6,7 +6,7 @@ A task knows losses and metrics, not training: it never sees optimizers, devices
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from research.tasks import classification, lm, seq2seq
+from research.tasks import classification, lm, mlm, seq2seq, text_classification
 from research.tasks.base import Task
 
 # name -> make(label_smoothing, decode) -> Task.
@@ -14,6 +14,8 @@ TASKS: dict[str, Callable[..., Task]] = {
     "classification": classification.make,
     "lm": lm.make,
     "seq2seq": seq2seq.make,
+    "mlm": mlm.make,
+    "text_classification": text_classification.make,
 }
 
 

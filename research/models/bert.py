@@ -1,0 +1,179 @@
+"""BERT: a bidirectional Transformer encoder pre-trained by masked language modelling (Devlin et
+al. 2019, "BERT: Pre-training of Deep Bidirectional Transformers for Language Understanding"),
+laid out as Google's original modeling.py.
+
+Section 3 layout: token + learned position + segment ("token type") embeddings, summed, then
+LayerNorm and dropout; L post-norm encoder layers (self-attention over every non-pad token, a 4H
+wide GELU MLP, each sub-layer LayerNorm(x + Dropout(f(x)))); the pooler, tanh(W h_[CLS] + b).
+Heads (`head`), chosen per task:
+
+    "mlm"         masked-LM logits [B, T, vocab]: dense H->H, GELU, LayerNorm, then the token
+                  embedding matrix transposed (tied) plus an output bias of its own
+    "mlm_nsp"     the same and next-sentence logits [B, 2] from the pooled output (Section 3.1,
+                  Task #2), returned as (mlm_logits, nsp_logits)
+    "classifier"  sequence-classification logits [B, num_classes]: dropout, then a dense layer on
+                  the pooled output (Section 4.1, fine-tuning)
+
+Initialization as the original: truncated normal(0.02) for every weight matrix and embedding
+(`initializer_range`), zero biases, LayerNorm (1, 0) with epsilon 1e-12.
+
+Sizes as data (`size`): the 24 sizes of Turc et al. 2019 ("Well-Read Students Learn Better"),
+"L{2,4,6,8,10,12}_H{128,256,512,768}", with their names tiny (L2/H128), mini (L4/H256),
+small (L4/H512), medium (L8/H512), base (L12/H768), and large (L24/H1024, Devlin et al.); heads
+are H/64 and the MLP 4H throughout. Exact counts (tests): BERT-base's encoder with the pooler and
+the 30,522-token vocabulary has 109,482,240 parameters, BERT-large 335,141,888.
+"""
+
+import itertools
+from functools import partial
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from research.models import attention, layers
+from research.models.gpt import DTYPES  # the same precisions as GPT: one table
+
+# Turc et al. 2019's grid of (layers, hidden width), and the names they give six of them.
+SIZES: dict[str, tuple[int, int]] = {
+    f"L{depth}_H{width}": (depth, width)
+    for depth, width in itertools.product((2, 4, 6, 8, 10, 12), (128, 256, 512, 768))
+}
+SIZES |= {
+    "tiny": (2, 128),
+    "mini": (4, 256),
+    "small": (4, 512),
+    "medium": (8, 512),
+    "base": (12, 768),
+    "large": (24, 1024),
+}
+HEAD_DIM = 64  # Every BERT size uses 64-wide attention heads (Turc et al. 2019: H / 64 heads).
+
+HEADS = ("mlm", "mlm_nsp", "classifier")
+
+# BERT's LayerNorm epsilon (modeling.py `layer_norm`; Hugging Face layer_norm_eps=1e-12).
+LAYER_NORM_EPSILON = 1e-12
+
+
+class Bert(nn.Module):
+    """Encoder: int32 tokens [B, T] (0 = pad) and segment ids [B, T] -> the `head`'s logits."""
+
+    size: str = "base"  # a key of SIZES: tiny, mini, small, medium, base, large or L{l}_H{h}
+    vocab_size: int = 30522  # the uncased English WordPiece vocabulary of the paper
+    max_len: int = 512  # learned positions
+    type_vocab_size: int = 2  # segments: sentence A and sentence B
+    dropout_rate: float = 0.1  # embeddings and every sub-layer output (hidden_dropout_prob)
+    attention_dropout_rate: float = 0.1  # attention probabilities
+    head: str = "mlm"  # one of HEADS
+    num_classes: int = 2  # the classifier head's outputs
+    pad_id: int = 0  # [PAD]: never attended to
+    dtype: str = "float32"  # compute precision, one of gpt.DTYPES
+
+    def __post_init__(self) -> None:
+        # Bad config values fail here, at construction, in one line each.
+        layers.lookup(SIZES, self.size, "Bert size")
+        layers.lookup(DTYPES, self.dtype, "Bert dtype")
+        layers.require(
+            self.head in HEADS, f"unknown Bert head {self.head!r}; choose one of {HEADS}"
+        )
+        for field in ("vocab_size", "max_len", "type_vocab_size", "num_classes"):
+            value = getattr(self, field)
+            layers.require(value >= 1, f"Bert {field} must be >= 1, got {value}")
+        for field in ("dropout_rate", "attention_dropout_rate"):
+            value = getattr(self, field)
+            layers.require(0 <= value < 1, f"Bert {field} must be in [0, 1), got {value}")
+        super().__post_init__()
+
+    @property
+    def num_outputs(self) -> int:
+        return self.num_classes if self.head == "classifier" else self.vocab_size
+
+    @property
+    def num_layers(self) -> int:
+        return SIZES[self.size][0]
+
+    @property
+    def hidden(self) -> int:
+        return SIZES[self.size][1]
+
+    @nn.compact
+    def __call__(
+        self, tokens: jax.Array, segments: jax.Array | None = None, *, train: bool
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """The head's logits (float32) for `tokens` [B, T]; `segments` defaults to all zeros."""
+        dtype, matmul_dtype = DTYPES[self.dtype]
+        width, length = self.hidden, tokens.shape[1]
+        if length > self.max_len:
+            raise ValueError(
+                f"Bert input of {length} tokens exceeds max_len {self.max_len}; set "
+                "data.seq_len <= model.max_len"
+            )
+        init = nn.initializers.truncated_normal(0.02)  # modeling.py initializer_range
+        norm = partial(
+            nn.LayerNorm, epsilon=LAYER_NORM_EPSILON, dtype=dtype, param_dtype=jnp.float32
+        )
+        dense = partial(nn.Dense, kernel_init=init, dtype=dtype, param_dtype=jnp.float32)
+        dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
+
+        # --- embeddings (Figure 2): token + segment + position, then LayerNorm and dropout ---
+        word = nn.Embed(
+            self.vocab_size,
+            width,
+            embedding_init=init,
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            name="word_embeddings",
+        )
+        segments = jnp.zeros_like(tokens) if segments is None else segments
+        segment = nn.Embed(
+            self.type_vocab_size,
+            width,
+            embedding_init=init,
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            name="segment_embeddings",
+        )
+        position = layers.LearnedPositionalEmbedding(
+            self.max_len, width, dtype=dtype, embedding_init=init, name="position_embeddings"
+        )
+        x = word(tokens) + segment(segments) + position(jnp.arange(length))
+        x = dropout(norm(name="embeddings_norm")(x))
+
+        # --- encoder: post-norm blocks, attending to every non-pad token ---
+        mask = attention.padding_mask(tokens != self.pad_id)
+        for i in range(self.num_layers):
+            x = layers.TransformerBlock(
+                num_heads=width // HEAD_DIM,
+                mlp_dim=4 * width,
+                dropout_rate=self.dropout_rate,
+                attention_dropout_rate=self.attention_dropout_rate,
+                activation="gelu_exact",  # modeling.py's gelu is the erf form
+                norm="layer",
+                norm_epsilon=LAYER_NORM_EPSILON,
+                norm_position="post",
+                dtype=dtype,
+                matmul_dtype=matmul_dtype,
+                kernel_init=init,
+                out_kernel_init=init,
+                name=f"layer_{i}",
+            )(x, mask=mask, train=train)
+
+        # --- heads ---
+        pooled = jnp.tanh(dense(width, name="pooler")(x[:, 0]))  # the [CLS] position
+        if self.head == "classifier":
+            logits = dense(self.num_classes, name="classifier")(dropout(pooled))
+            return logits.astype(jnp.float32)
+        h = dense(width, name="mlm_transform")(x)
+        h = norm(name="mlm_norm")(layers.gelu_exact(h))
+        bias = self.param("mlm_bias", nn.initializers.zeros, (self.vocab_size,))
+        mlm_logits = (word.attend(h) + bias).astype(jnp.float32)
+        if self.head == "mlm":
+            return mlm_logits
+        nsp_logits = dense(2, name="nsp")(pooled).astype(jnp.float32)
+        return mlm_logits, nsp_logits
+
+
+# Sizes as data, for tests and imports: the paper's two, and Turc et al.'s smallest.
+BertBase = partial(Bert, size="base")
+BertLarge = partial(Bert, size="large")
+BertTiny = partial(Bert, size="tiny")

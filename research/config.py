@@ -60,6 +60,7 @@ def defaults() -> ml_collections.ConfigDict:
             "eval_split": "test",
             "test_split": "test",
             "image_scale": 1 / 255,  # Pixels to [0, 1]: 1/255 for uint8 images, 1/16 for digits.
+            "image_size": 0,  # Images cropped/resized to this square; 0 = the source's fixed size.
             "mean": (),  # Per-channel normalisation after scaling to [0, 1]; () = none.
             "std": (),
             "augment": augment.OFF,  # research/data/augment.py: all off.
@@ -455,6 +456,7 @@ def rules() -> dict[str, Rule]:
         "data.eval_split": SPLIT,
         "data.test_split": SPLIT,
         "data.image_scale": POSITIVE,
+        "data.image_size": COUNT,
         "data.mean": NUMBERS,
         "data.std": POSITIVE_NUMBERS,
         "data.augment.crop_padding": COUNT,
@@ -462,6 +464,13 @@ def rules() -> dict[str, Rule]:
         "data.augment.rotate_deg": NON_NEGATIVE,
         "data.augment.scale": FRACTION,
         "data.augment.translate": FRACTION,
+        "data.augment.random_resized_crop": FLAG,
+        "data.augment.crop_area": POSITIVE_NUMBERS,  # (min, max) <= 1: checked by augment.check
+        "data.augment.crop_aspect": POSITIVE_NUMBERS,  # (min, max): checked by augment.check
+        "data.augment.randaugment_layers": COUNT,
+        "data.augment.randaugment_magnitude": COUNT,
+        "data.augment.mixup_alpha": NON_NEGATIVE,
+        "data.augment.cutmix_alpha": NON_NEGATIVE,
         "data.mock": FLAG,
         "data.path": TEXT,  # Checked for readability before a run.
         "data.target_path": TEXT,  # Checked for readability before a run.
@@ -537,6 +546,7 @@ def rules() -> dict[str, Rule]:
 # silence, so a value other than the default is an error there.
 KIND_FIELDS = {
     "image_scale": ("images",),
+    "image_size": ("images",),
     "mean": ("images",),
     "std": ("images",),
     "augment": ("images",),
@@ -583,6 +593,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
     (research/train.py `prepare`), which needs the data.
     """
     from research import models, optim, parallel  # Deferred: keeps `launch.py --help` light.
+    from research.data import augment
 
     table = rules()
     for key, value in flatten(config).items():
@@ -596,6 +607,10 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
                 raise ConfigError(f"{key}={value!r} is unknown; choose one of {rule.says}")
             raise ConfigError(f"{key} must be {rule.says}, got {value!r}")
     _check_kind_fields(config.data)
+    try:
+        augment.check(config.data.augment)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if config.data.path and config.data.mock:
         raise ConfigError(
             f"data.path={config.data.path!r} reads local text, which data.mock replaces; unset one"

@@ -17,6 +17,13 @@ Every stage is a `grain.MapDataset`, i.e. a pure function of the element's posit
 Pixels are multiplied by `data.image_scale` (1/255 for uint8 images, 1/16 for digits), then
 normalised per channel with `data.mean` / `data.std` (empty: no normalisation). Augmentation
 (research/data/augment.py) runs before that, on raw pixel values, so padding and fill are black.
+Images come out `data.image_size` square (0: the source's own fixed size): a random resized crop
+makes them so in training, `augment.fit_to_size` (resize, central crop) otherwise and always at
+evaluation; sources of varying size (imagenet2012) need data.image_size.
+
+Mixup and cutmix (`augment.batch_mixer`) mix each of this process's batches after batching, from
+a generator seeded by (seed, batch index), and add "label_probs" [b, classes]. They pair examples
+within a process's batch, so with them on, batch k is a function of (seed, k, process_count).
 
 Evaluation visits every example of a split once, in source order, across all processes; every
 process yields the same number of batches (collectives stay in step), the last ones padded with
@@ -51,14 +58,18 @@ def train_iterator(
     process_index: int,
     process_count: int,
 ) -> grain.DatasetIterator:
-    """This process's endless shuffled augmented batches {"image": f32 [b,H,W,C], "label": i32 [b]}.
+    """This process's endless shuffled augmented batches {"image": f32 [b,H,W,C], "label": i32 [b]},
+    plus "label_probs": f32 [b, classes] with mixup or cutmix on.
 
     b = global_batch_size // process_count. Resume with `set_state(get_state())` (see above).
     """
     batch_size = per_process_batch_size(global_batch_size, process_count)
     source = sources.open_split(data_config, data_config.train_split)
-    normalize = _normalizer(data_config, channels=sources.image_shape(source)[-1])
-    augment_fn = augment.from_config(data_config.augment)
+    channels = sources.image_shape(source, data_config.image_size)[-1]
+    normalize = _normalizer(data_config, channels=channels)
+    augment_fn = augment.from_config(data_config.augment, data_config.image_size)
+    num_classes = source.dataset_info.features["label"].num_classes
+    mix = augment.batch_mixer(data_config.augment, num_classes)
 
     def augment_example(example: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         return {**example, "image": augment_fn(example["image"], rng)}
@@ -68,7 +79,10 @@ def train_iterator(
     ds = grain.MapDataset.source(sources.in_memory(source)).seed(seed).shuffle().repeat()
     ds = ds.map(_to_float).random_map(augment_example)
     ds = ds[process_index::process_count]
-    ds = ds.batch(batch_size, drop_remainder=True).map(normalize)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    if mix is not None:  # Mixup / cutmix, from a generator seeded by (seed, batch index).
+        ds = ds.random_map(mix)
+    ds = ds.map(normalize)
     return iter(ds.to_iter_dataset(READ_OPTIONS))
 
 
@@ -86,7 +100,7 @@ def eval_batches(
     """
     batch_size = per_process_batch_size(global_batch_size, process_count)
     source = sources.open_split(data_config, split)
-    image_shape = sources.image_shape(source)
+    image_shape = sources.image_shape(source, data_config.image_size)
     normalize = _normalizer(data_config, channels=image_shape[-1])
     source = sources.in_memory(source)
     num_examples = len(source)
@@ -100,7 +114,9 @@ def eval_batches(
     def example_or_padding(index: int) -> dict[str, Any]:
         if index >= num_examples:
             return padding
-        return {**_to_float(source[index]), "mask": np.True_}
+        example = _to_float(source[index])
+        image = augment.fit_to_size(example["image"], data_config.image_size)
+        return {**example, "image": image, "mask": np.True_}
 
     ds = grain.MapDataset.range(num_batches * global_batch_size)
     ds = ds[process_index::process_count].map(example_or_padding)

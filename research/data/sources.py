@@ -214,6 +214,8 @@ class ArraySource:
 def in_memory(source: Sequence[dict[str, Any]]) -> Sequence[dict[str, Any]]:
     """`source` decoded into an `ArraySource` if it fits IN_MEMORY_MAX_BYTES, else `source`."""
     image_feature = source.dataset_info.features["image"]
+    if None in image_feature.shape:  # Images of varying size (imagenet2012) stay lazy.
+        return source
     image_bytes = np.prod(image_feature.shape) * np.dtype(image_feature.np_dtype).itemsize
     if len(source) * image_bytes > IN_MEMORY_MAX_BYTES:
         return source
@@ -226,13 +228,16 @@ def in_memory(source: Sequence[dict[str, Any]]) -> Sequence[dict[str, Any]]:
     return ArraySource(images, labels)
 
 
-def image_shape(source: Sequence[dict[str, Any]]) -> tuple[int, ...]:
-    """(height, width, channels) of the images of a source from `open_split`."""
+def image_shape(source: Sequence[dict[str, Any]], size: int = 0) -> tuple[int, ...]:
+    """(height, width, channels) of the pipeline's images from a source from `open_split`:
+    (size, size, channels) for data.image_size = size > 0, else the source's fixed shape."""
     shape = tuple(source.dataset_info.features["image"].shape)
+    if size:
+        return (size, size, shape[-1])
     if None in shape:
-        raise ValueError(
+        raise ConfigError(
             f"TFDS dataset {source.dataset_info.name!r} has images of varying size {shape}; "
-            "this pipeline needs a fixed (height, width, channels)"
+            "set data.image_size (e.g. 224) to crop or resize them to one"
         )
     return shape
 
@@ -257,7 +262,7 @@ def info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
     return DatasetInfo(
         num_classes=label.num_classes,
         class_names=list(label.names),
-        input_shape=image_shape(train),
+        input_shape=image_shape(train, data_config.image_size),
         num_train=len(train),
     )
 

@@ -15,9 +15,18 @@ from research.tasks.base import Task, single_input
 def train_loss(
     logits: jax.Array, batch: dict, label_smoothing: float = 0.0
 ) -> tuple[jax.Array, dict]:
-    """Mean cross-entropy with optional label smoothing (Szegedy et al. 2016); also accuracy."""
+    """Mean cross-entropy with optional label smoothing (Szegedy et al. 2016); also accuracy.
+
+    The targets are batch["label_probs"] where the batch has them (soft labels from mixup or
+    cutmix, research/data/augment.py), else one-hot labels; accuracy is against batch["label"],
+    each example's own class.
+    """
     num_classes = logits.shape[-1]
-    targets = jax.nn.one_hot(batch["label"], num_classes)
+    if "label_probs" in batch:
+        probs = batch["label_probs"]  # [B, classes of the data] <= the model's outputs
+        targets = jnp.pad(probs, ((0, 0), (0, num_classes - probs.shape[-1])))
+    else:
+        targets = jax.nn.one_hot(batch["label"], num_classes)
     targets = optax.smooth_labels(targets, label_smoothing) if label_smoothing else targets
     loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
     accuracy = (logits.argmax(-1) == batch["label"]).mean()

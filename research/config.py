@@ -35,7 +35,17 @@ import ml_collections
 from research import expected
 from research.errors import ConfigError
 
-SECTIONS = ("model", "data", "optimizer", "schedule", "train", "decode", "parallel", "expected")
+SECTIONS = (
+    "model",
+    "data",
+    "optimizer",
+    "schedule",
+    "train",
+    "init",
+    "decode",
+    "parallel",
+    "expected",
+)
 TOP_LEVEL = ("task", *SECTIONS, "experiment")  # `experiment` is set on loading: file[:arg].
 SMOKE = "smoke"  # The variant word every experiment understands (see `smoke`).
 
@@ -53,7 +63,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict({"name": ""})  # Other fields: the module's arguments.
     c.data = ml_collections.ConfigDict(
         {
-            "kind": "images",  # images | text | translation (research/data/__init__.py KINDS)
+            "kind": "images",  # images | text | translation | masked_text | text_classification
+            # (research/data/__init__.py KINDS)
             "name": "",  # TFDS name ("digits" is built locally; others download on first use).
             "data_dir": "",  # "" = TFDS's default (~/tensorflow_datasets or $TFDS_DATA_DIR).
             "train_split": "train",
@@ -70,9 +81,13 @@ def defaults() -> ml_collections.ConfigDict:
             "target_path": "",  # Translation: the target side's file, line by line; "" = path is a TSV.
             "source_lang": "en",  # Translation: the feature (language) translated from ...
             "target_lang": "de",  # ... and into.
-            "tokenizer": "char",  # char | gpt2 | sentencepiece (research/data/tokenizers.py)
-            "tokenizer_vocab_size": 8000,  # Trained tokenizers (sentencepiece): vocabulary size.
-            "tokenizer_model": "",  # A trained tokenizer's model file; "" = train on the train split.
+            "tokenizer": "char",  # char | gpt2 | sentencepiece | wordpiece (data/tokenizers.py)
+            "tokenizer_vocab_size": 8000,  # Trained tokenizers (sentencepiece, wordpiece): size.
+            # A trained tokenizer's file (SentencePiece .model, WordPiece vocab.txt); "" = train
+            # one on the train split.
+            "tokenizer_model": "",
+            # Text classification: the features holding the text, one or a pair (a, b).
+            "text_features": ("text",),
             "seq_len": 256,  # Text: tokens per window (nanoGPT's block_size); translation: tokens
             # per side, longer training pairs dropped and evaluation inputs truncated.
             "pack": True,  # Translation: pack several training pairs into each row of seq_len.
@@ -124,6 +139,14 @@ def defaults() -> ml_collections.ConfigDict:
             "max_consecutive_skips": 10,  # Skipped updates in a row before stopping; 0 = never.
             "loss_spike_sigmas": 0.0,  # Skip updates whose loss exceeds mean + k std; 0 = off.
             "off_curve": "warn",  # warn | stop: leaving expected.curve's band (research/expected.py).
+        }
+    )
+    c.init = ml_collections.ConfigDict(
+        {  # Start from another run's weights (fine-tuning): research/initialize.py.
+            "source": "",  # A run's workdir; "" = a fresh initialisation.
+            "step": 0,  # Its checkpoint; 0 = the latest.
+            "include": "",  # Regex over parameter paths to copy; "" = all.
+            "exclude": "",  # Regex of parameters to keep fresh, e.g. "^classifier/" (a new head).
         }
     )
     c.decode = ml_collections.ConfigDict(
@@ -479,6 +502,15 @@ def rules() -> dict[str, Rule]:
         "data.tokenizer": choice(tokenizers.TOKENIZERS),
         "data.tokenizer_vocab_size": POSITIVE_INT,
         "data.tokenizer_model": TEXT,  # Checked for readability before a run.
+        "data.text_features": Rule(
+            "text_features",
+            "one or two feature names",
+            lambda v: (
+                isinstance(v, tuple | list)
+                and len(v) in (1, 2)
+                and all(isinstance(x, str) and x for x in v)
+            ),
+        ),
         "data.seq_len": POSITIVE_INT,
         "data.pack": FLAG,
         "optimizer.name": choice(optim.OPTIMIZERS),
@@ -517,6 +549,10 @@ def rules() -> dict[str, Rule]:
         "train.max_consecutive_skips": COUNT,
         "train.loss_spike_sigmas": NON_NEGATIVE,
         "train.off_curve": choice(("warn", "stop")),
+        "init.source": TEXT,  # Checked for a checkpoint that fits before a run.
+        "init.step": COUNT,
+        "init.include": TEXT,  # Compiled (a regular expression) before a run.
+        "init.exclude": TEXT,
         "decode.beam_size": POSITIVE_INT,
         "decode.length_penalty": NON_NEGATIVE,
         "decode.max_extra_tokens": POSITIVE_INT,
@@ -550,20 +586,26 @@ KIND_FIELDS = {
     "mean": ("images",),
     "std": ("images",),
     "augment": ("images",),
-    "path": ("text", "translation"),
-    "tokenizer": ("text", "translation"),
-    "seq_len": ("text", "translation"),
+    "path": ("text", "translation", "masked_text", "text_classification"),
+    "tokenizer": ("text", "translation", "masked_text", "text_classification"),
+    "seq_len": ("text", "translation", "masked_text", "text_classification"),
     "target_path": ("translation",),
     "source_lang": ("translation",),
     "target_lang": ("translation",),
-    "tokenizer_vocab_size": ("translation",),
-    "tokenizer_model": ("translation",),
+    "tokenizer_vocab_size": ("translation", "masked_text", "text_classification"),
+    "tokenizer_model": ("translation", "masked_text", "text_classification"),
     "pack": ("translation",),
+    "text_features": ("text_classification",),
 }
 
 
 # The tokenizers each kind of data can use (research/data/tokenizers.py TOKENIZERS).
-KIND_TOKENIZERS = {"text": ("char", "gpt2"), "translation": ("sentencepiece",)}
+KIND_TOKENIZERS = {
+    "text": ("char", "gpt2"),
+    "translation": ("sentencepiece",),
+    "masked_text": ("wordpiece",),
+    "text_classification": ("wordpiece",),
+}
 
 
 def _check_kind_fields(data: ml_collections.ConfigDict) -> None:
@@ -657,7 +699,8 @@ def smoke(config: ml_collections.ConfigDict) -> None:
         config.data.path = ""
     if config.data.kind == "text":
         config.data.seq_len = min(config.data.seq_len, 16)
-    if config.data.kind == "translation":  # A vocabulary the tiny model's outputs cover.
+    if config.data.kind in ("translation", "masked_text", "text_classification"):
+        # A vocabulary the tiny model's outputs (or embeddings) cover.
         config.data.seq_len = min(config.data.seq_len, 32)
         config.data.tokenizer_vocab_size = min(
             config.data.tokenizer_vocab_size, config.model.vocab_size

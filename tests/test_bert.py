@@ -1,6 +1,7 @@
 """BERT: exact parameter counts, padding, heads; masking statistics; WordPiece; the speaker task;
 initialising from another run's checkpoint."""
 
+import json
 import math
 
 import jax
@@ -95,28 +96,31 @@ def test_bad_fields_are_one_line_errors():
 
 
 def test_masking_statistics_match_the_paper():
-    special = np.array([0, 2, 3, 4, 1])
+    special = np.array([0, 2, 3, 4])
     rng = np.random.default_rng(0)
-    selected = masked_as_mask = randomized = kept = candidates = 0
+    selected = masked_as_mask = randomized = kept = 0
     for _ in range(2000):
         ids = np.concatenate([[2], rng.integers(5, 100, size=60), [3], np.zeros(10, int)])
-        masked, weights = masked_text.mask_tokens(
-            ids, rng, special_ids=special, mask_id=4, vocab_size=100
+        masked, positions, weights = masked_text.mask_tokens(
+            ids, rng, special_ids=special, mask_id=4, vocab_size=100, num_predictions=12
         )
-        chosen = weights > 0
+        count = int(weights.sum())
+        assert count == round(0.15 * 60) == 9  # 15% of the 60 candidates
+        assert (weights[count:] == 0).all() and (positions[count:] == 0).all()
+        chosen = np.zeros(ids.shape, bool)
+        chosen[positions[:count]] = True
+        assert chosen.sum() == count and (np.diff(positions[:count]) > 0).all()
         assert not chosen[np.isin(ids, special)].any()  # never [CLS], [SEP] or padding
-        assert chosen.sum() == round(0.15 * 60)
         assert (masked[~chosen] == ids[~chosen]).all()
-        selected += chosen.sum()
-        candidates += 60
+        selected += count
         masked_as_mask += (masked[chosen] == 4).sum()
         kept += (masked[chosen] == ids[chosen]).sum()
         randomized += ((masked[chosen] != 4) & (masked[chosen] != ids[chosen])).sum()
         assert not np.isin(masked[chosen & (masked != 4)], special).any()
-    # 80 / 10 / 10 (a random draw may equal the original: 1 in 95 here, counted as kept).
+    # 80 / 10 / 10; a random replacement equals the original 1 time in 96 (counted as kept).
     assert masked_as_mask / selected == pytest.approx(0.8, abs=0.01)
-    assert randomized / selected == pytest.approx(0.1 * 94 / 95, abs=0.01)
-    assert kept / selected == pytest.approx(0.1 + 0.1 / 95, abs=0.01)
+    assert randomized / selected == pytest.approx(0.1 * 95 / 96, abs=0.01)
+    assert kept / selected == pytest.approx(0.1 + 0.1 / 96, abs=0.01)
 
 
 def smoke_config(arg: str = "smoke", **overrides):
@@ -136,18 +140,23 @@ def test_masks_are_a_function_of_seed_and_step():
     for a, b in zip(first, again, strict=True):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
-    assert not np.array_equal(first[0]["weights"], other[0]["weights"])
-    assert not np.array_equal(first[0]["weights"], first[1]["weights"])  # dynamic: new each step
+    assert not np.array_equal(first[0]["positions"], other[0]["positions"])
+    assert not np.array_equal(first[0]["positions"], first[1]["positions"])  # new each step
+    interrupted = masked_text.train_iterator(
+        config.data, global_batch_size=4, seed=0, process_index=0, process_count=1
+    )
+    next(interrupted), next(interrupted)
     resumed = masked_text.train_iterator(
         config.data, global_batch_size=4, seed=0, process_index=0, process_count=1
     )
-    resumed.set_state({"next_index": 4 * 2})
+    resumed.set_state(json.loads(json.dumps(interrupted.get_state())))  # as a checkpoint keeps it
     np.testing.assert_array_equal(next(resumed)["tokens"], first[2]["tokens"])
     tok = masked_text.tokenizer(config.data)
     batch = first[0]
-    assert (batch["targets"][:, 0] == tok.cls_id).all() and (
-        batch["targets"][:, -1] == tok.sep_id
-    ).all()
+    assert (batch["tokens"][:, 0] == tok.cls_id).all()
+    assert (batch["tokens"][:, -1] == tok.sep_id).all()
+    assert (batch["positions"] > 0).all()  # [CLS] is never a prediction (every slot used)
+    assert batch["positions"].shape == (4, masked_text.max_predictions(config.data.seq_len))
 
 
 def test_mlm_loss_counts_selected_positions_only():
@@ -155,7 +164,7 @@ def test_mlm_loss_counts_selected_positions_only():
     logits = jnp.asarray(rng.normal(size=(2, 5, 7)), jnp.float32)
     targets = jnp.asarray(rng.integers(0, 7, size=(2, 5)))
     weights = jnp.asarray([[1, 0, 0, 1, 0], [0, 0, 1, 0, 0]], jnp.float32)
-    loss, metrics = mlm.train_loss(logits, {"targets": targets, "weights": weights})
+    loss, _ = mlm.train_loss(logits, {"targets": targets, "weights": weights})
     log_probs = jax.nn.log_softmax(logits)
     picked = -np.take_along_axis(np.asarray(log_probs), np.asarray(targets)[..., None], -1)[..., 0]
     assert float(loss) == pytest.approx(float((picked * weights).sum() / 3), rel=1e-6)

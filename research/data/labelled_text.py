@@ -29,6 +29,10 @@ import grain
 import ml_collections
 import numpy as np
 
+# TFDS registers its GLUE builder only when this module is imported (it is not in the package's
+# lazy catalog): without it "glue/sst2" would be an unknown dataset.
+import tensorflow_datasets.text.glue  # noqa: F401
+
 from research.data import masked_text, pipeline, sources, speakers, text_file, tokenizers
 from research.errors import ConfigError, DatasetUnavailable
 

@@ -9,7 +9,7 @@ WordPiece (research/data/tokenizers.py): trained on the train split at first use
 An example is [CLS] + T - 2 contiguous tokens + [SEP] (T = data.seq_len); training windows start
 anywhere, uniformly (as text.py's), evaluation takes every non-overlapping window once. Masking
 (Devlin et al. 2019, Section 3.1 and Appendix A.1): of the positions that are not [CLS], [SEP] or
-[PAD], round(15%) are selected at random; a selected token becomes [MASK] with probability 0.8, a
+[PAD], round(15%) are selected at random (the original's create_pretraining_data.py); a selected token becomes [MASK] with probability 0.8, a
 random non-special token with probability 0.1, and stays itself with probability 0.1; the loss
 is computed on the selected positions only. A training example is drawn and masked by a generator
 seeded by (seed, its position in the stream), so the masks are new at every step (dynamic
@@ -17,9 +17,10 @@ masking, as RoBERTa, Liu et al. 2019) and batch k is a function of (seed, k) alo
 exact. Evaluation windows are masked by a generator seeded by their index: the same masks at
 every evaluation and in every run, so evaluations compare.
 
-Batches: {"tokens": the masked input int32 [b, T], "segments": int32 [b, T] (zeros),
-"targets": the original ids [b, T], "weights": float32 [b, T], 1 at selected positions}, plus
-"mask": bool [b] in evaluation.
+Batches, as the original's masked_lm_positions / _ids / _weights: {"tokens": the masked input int32
+[b, T], "segments": int32 [b, T] (zeros), "positions": the selected positions int32 [b, P] (P =
+`max_predictions(T)`, ascending), "targets": their original ids [b, P], "weights": float32 [b, P]
+(0 for unused slots)}, plus "mask": bool [b] in evaluation.
 """
 
 import functools
@@ -38,6 +39,11 @@ MASK_PROB, RANDOM_PROB = 0.8, 0.1  # of the selected; the remaining 0.1 keep the
 EVAL_SEED = 0  # Evaluation masks: fixed, the same in every run.
 
 
+def max_predictions(seq_len: int) -> int:
+    """P, the predictions per window: 15% of the T - 2 tokens between [CLS] and [SEP]."""
+    return max(1, round(SELECT_RATE * (seq_len - 2)))
+
+
 def mask_tokens(
     ids: np.ndarray,
     rng: np.random.Generator,
@@ -45,26 +51,29 @@ def mask_tokens(
     special_ids: np.ndarray,
     mask_id: int,
     vocab_size: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(masked ids, float32 weights: 1 where selected) for one sequence `ids` [T].
+    num_predictions: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(masked ids [T], selected positions [P], weights [P]) for one sequence `ids` [T].
 
     Positions holding a special id are never selected; round(15%) of the others are (at least
-    one). Random replacements are drawn from the non-special ids.
+    one, at most P = num_predictions), in increasing order, the rest of the P slots padded with
+    position 0 and weight 0. Random replacements are drawn from the non-special ids.
     """
     candidates = np.flatnonzero(~np.isin(ids, special_ids))
-    weights = np.zeros(ids.shape, np.float32)
+    positions = np.zeros(num_predictions, np.int32)
+    weights = np.zeros(num_predictions, np.float32)
     if len(candidates) == 0:
-        return ids.copy(), weights
-    count = max(1, int(round(SELECT_RATE * len(candidates))))
-    selected = rng.choice(candidates, size=count, replace=False)
-    weights[selected] = 1.0
+        return ids.copy(), positions, weights
+    count = min(num_predictions, max(1, int(round(SELECT_RATE * len(candidates)))))
+    selected = np.sort(rng.choice(candidates, size=count, replace=False))
+    positions[:count], weights[:count] = selected, 1.0
     draw = rng.random(count)
     masked = ids.copy()
     masked[selected[draw < MASK_PROB]] = mask_id
     randomized = selected[(draw >= MASK_PROB) & (draw < MASK_PROB + RANDOM_PROB)]
     ordinary = np.setdiff1d(np.arange(vocab_size), special_ids)
     masked[randomized] = rng.choice(ordinary, size=len(randomized))
-    return masked, weights
+    return masked, positions, weights
 
 
 def tokenizer(data_config: ml_collections.ConfigDict) -> tokenizers.WordPieceTokenizer:
@@ -97,7 +106,7 @@ def train_iterator(
     batch_size = pipeline.per_process_batch_size(global_batch_size, process_count)
     body = data_config.seq_len - 2  # room for [CLS] and [SEP]
     tokens = _windowable(data_config, data_config.train_split)
-    make = _example_maker(tokenizer(data_config))
+    make = _example_maker(tokenizer(data_config), data_config.seq_len)
     num_starts = len(tokens) - body + 1
 
     def random_window(index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -124,13 +133,15 @@ def eval_batches(
     seq_len = data_config.seq_len
     body = seq_len - 2
     tokens = _windowable(data_config, split)
-    make = _example_maker(tokenizer(data_config))
+    make = _example_maker(tokenizer(data_config), data_config.seq_len)
     num_windows = len(tokens) // body
+    num_predictions = max_predictions(seq_len)
     padding = {
         "tokens": np.zeros(seq_len, np.int32),
         "segments": np.zeros(seq_len, np.int32),
-        "targets": np.zeros(seq_len, np.int32),
-        "weights": np.zeros(seq_len, np.float32),
+        "positions": np.zeros(num_predictions, np.int32),
+        "targets": np.zeros(num_predictions, np.int32),
+        "weights": np.zeros(num_predictions, np.float32),
         "mask": np.False_,
     }
 
@@ -147,19 +158,26 @@ def eval_batches(
     return ds.to_iter_dataset(pipeline.READ_OPTIONS)
 
 
-def _example_maker(tok: tokenizers.WordPieceTokenizer):
+def _example_maker(tok: tokenizers.WordPieceTokenizer, seq_len: int):
     """(window of ids, rng) -> one masked example [CLS] window [SEP]."""
-    special = np.array([tok.pad_id, tok.cls_id, tok.sep_id, tok.mask_id, tok.unk_id], np.int32)
+    special = np.array([tok.pad_id, tok.cls_id, tok.sep_id, tok.mask_id], np.int32)
+    num_predictions = max_predictions(seq_len)
 
     def make(window: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
         ids = np.concatenate([[tok.cls_id], window, [tok.sep_id]]).astype(np.int32)
-        masked, weights = mask_tokens(
-            ids, rng, special_ids=special, mask_id=tok.mask_id, vocab_size=tok.vocab_size
+        masked, positions, weights = mask_tokens(
+            ids,
+            rng,
+            special_ids=special,
+            mask_id=tok.mask_id,
+            vocab_size=tok.vocab_size,
+            num_predictions=num_predictions,
         )
         return {
             "tokens": masked,
             "segments": np.zeros_like(ids),
-            "targets": ids,
+            "positions": positions,
+            "targets": ids[positions],
             "weights": weights,
         }
 

@@ -1,7 +1,8 @@
 """Masked language modelling (BERT's pre-training, Devlin et al. 2019, Section 3.1).
 
 Batches come masked from the data (research/data/masked_text.py): {"tokens" (the masked input),
-"segments", "targets" (the original ids), "weights" (1 at the selected positions)}. The loss is the
+"segments", "positions" (the selected positions), "targets" (their original ids), "weights" (0
+for unused slots)}; the model predicts at `positions` only. The loss is the
 mean cross-entropy over the selected positions only, as the original's `get_masked_lm_output`
 (sum of weighted losses / sum of weights); the 85% of positions that were not selected carry no
 loss. With the model's "mlm_nsp" head the logits are (masked-LM, next-sentence) and a batch with
@@ -89,15 +90,27 @@ def metric_names(info: Any) -> tuple[str, ...]:
     return ("loss", "perplexity", "accuracy")
 
 
-def inputs(batch: dict) -> tuple[tuple[jax.Array, ...], dict]:
-    """The encoder's inputs: token ids and segment ids."""
+def encoder_inputs(batch: dict) -> tuple[tuple[jax.Array, ...], dict]:
+    """An encoder's inputs: token ids and segment ids (also text classification's)."""
     return (batch["tokens"], batch["segments"]), {}
 
 
-def example_inputs(shape: tuple[int, ...]) -> tuple[tuple[jax.Array, ...], dict]:
-    """Zeros of one example's inputs, for initialisation from shapes."""
+def encoder_example_inputs(shape: tuple[int, ...]) -> tuple[tuple[jax.Array, ...], dict]:
+    """Zeros of one example's encoder inputs, for initialisation from shapes."""
     zeros = jnp.zeros((1, *shape), jnp.int32)
     return (zeros, zeros), {}
+
+
+def inputs(batch: dict) -> tuple[tuple[jax.Array, ...], dict]:
+    """Tokens and segments, and the positions to predict."""
+    args, _ = encoder_inputs(batch)
+    return args, {"positions": batch["positions"]}
+
+
+def example_inputs(shape: tuple[int, ...]) -> tuple[tuple[jax.Array, ...], dict]:
+    """Zeros of one example's inputs (one position to predict: the count sets no shape)."""
+    args, _ = encoder_example_inputs(shape)
+    return args, {"positions": jnp.zeros((1, 1), jnp.int32)}
 
 
 def make(label_smoothing: float = 0.0, decode: Any = None) -> Task:

@@ -16,8 +16,8 @@ def make(label_smoothing: float = 0.0, decode: Any = None) -> Task:
     """The text-classification task; `label_smoothing` is train.label_smoothing."""
     del decode  # Nothing to generate.
     return Task(
-        inputs=mlm.inputs,  # The same encoder inputs as pre-training: tokens and segments.
-        example_inputs=mlm.example_inputs,
+        inputs=mlm.encoder_inputs,  # Tokens and segments, as in pre-training.
+        example_inputs=mlm.encoder_example_inputs,
         train_loss=functools.partial(classification.train_loss, label_smoothing=label_smoothing),
         eval_outputs=classification.eval_outputs,
         summarize=classification.summarize,

@@ -26,6 +26,7 @@ import difflib
 import importlib.util
 import json
 import math
+import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -452,6 +453,17 @@ POSITIVE_INTS = Rule(
     "positive_ints", "a tuple of positive integers", lambda v: _all(v, POSITIVE_INT.ok)
 )
 NUMBERS = Rule("numbers", "a tuple of finite numbers", lambda v: _all(v, _is_number))
+def _is_regex(v: Any) -> bool:
+    if not isinstance(v, str):
+        return False
+    try:
+        re.compile(v)
+    except re.error:
+        return False
+    return True
+
+
+REGEX = Rule("regex", "a regular expression (\"\" for none)", _is_regex)
 POSITIVE_NUMBERS = Rule(
     "positive_numbers", "a tuple of numbers > 0", lambda v: _all(v, POSITIVE.ok)
 )
@@ -551,8 +563,8 @@ def rules() -> dict[str, Rule]:
         "train.off_curve": choice(("warn", "stop")),
         "init.source": TEXT,  # Checked for a checkpoint that fits before a run.
         "init.step": COUNT,
-        "init.include": TEXT,  # Compiled (a regular expression) before a run.
-        "init.exclude": TEXT,
+        "init.include": REGEX,
+        "init.exclude": REGEX,
         "decode.beam_size": POSITIVE_INT,
         "decode.length_penalty": NON_NEGATIVE,
         "decode.max_extra_tokens": POSITIVE_INT,

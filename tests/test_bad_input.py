@@ -33,6 +33,8 @@ BAD_BY_RULE = {
     "positive_ints": ("(x", "(-1,)"),
     "numbers": ("(x", "('a',)"),
     "positive_numbers": ("(x", "(0.0,)"),
+    "regex": ("(",),
+    "text_features": ("()", "('a', 'b', 'c')"),
 }
 # Free-text fields, and what each must refuse (None: any text is valid there).
 BAD_TEXT = {
@@ -43,6 +45,7 @@ BAD_TEXT = {
     "data.source_lang": ("xx",),
     "data.target_lang": ("xx",),
     "data.tokenizer_model": ("/no/such/file.model",),
+    "init.source": ("/no/such/run",),
     "train.best_metric": ("eval/no_such_metric", "no_such_split/loss"),
     "expected.metric": ("test/no_such_metric", "accuracy"),
     "expected.source": None,

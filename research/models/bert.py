@@ -83,6 +83,10 @@ class Bert(nn.Module):
         for field in ("dropout_rate", "attention_dropout_rate"):
             value = getattr(self, field)
             layers.require(0 <= value < 1, f"Bert {field} must be in [0, 1), got {value}")
+        layers.require(
+            0 <= self.pad_id < self.vocab_size,
+            f"Bert pad_id must be a token id in [0, {self.vocab_size}), got {self.pad_id}",
+        )
         super().__post_init__()
 
     @property

@@ -283,3 +283,39 @@ def initialize_flat(params) -> dict:
         "/".join(str(k.key) for k in path): np.asarray(leaf)
         for path, leaf in jax.tree_util.tree_leaves_with_path(params)
     }
+
+
+# --- the experiments' smoke variants, end to end ----------------------------------------------
+
+
+def test_pretrain_then_finetune_smoke_runs(tmp_path):
+    """Masked-LM pre-training smoke run, then fine-tuning initialised from it, through the real
+    trainer; the sweep over both cells plans (validates) against the pre-training run."""
+    from research import train
+    from research.sweeps import plan as sweep_plan
+
+    pretrain = tmp_path / "mlm"
+    result = train.run(smoke_config(), pretrain)
+    assert result["step"] == 12 and (pretrain / "vocab.txt").is_file()
+    assert result["metrics"]["test/loss"] < math.log(512)  # better than uniform over the vocab
+
+    finetune = tmp_path / "ft"
+    overrides = {"init.source": str(pretrain), "data.tokenizer_model": str(pretrain / "vocab.txt")}
+    result = train.run(smoke_config("finetune,smoke", **overrides), finetune)
+    assert 0 <= result["metrics"]["test/accuracy"] <= 1
+    provenance = json.loads((finetune / "provenance.json").read_text())
+    assert provenance["initialized_from"]["fresh"] == ["classifier/bias", "classifier/kernel"]
+
+    spec = f"experiments/shakespeare_bert.py:pretrained={pretrain},smoke"
+    planned = sweep_plan.plan(spec, tmp_path / "sweep")
+    assert sorted({r.cell for r in planned.runs}) == ["pretrained", "random_init"]
+    assert len(planned.runs) == 4  # 2 seeds each
+
+
+def test_glue_smoke_run(tmp_path):
+    from research import train
+
+    config = cfg.build_config("experiments/glue_bert.py:smoke", {})
+    assert config.data.name == "glue/sst2" and config.data.mock
+    result = train.run(config, tmp_path / "glue")
+    assert result["step"] == 12 and set(result["metrics"]) >= {"test/accuracy", "test/macro_f1"}

@@ -453,6 +453,8 @@ POSITIVE_INTS = Rule(
     "positive_ints", "a tuple of positive integers", lambda v: _all(v, POSITIVE_INT.ok)
 )
 NUMBERS = Rule("numbers", "a tuple of finite numbers", lambda v: _all(v, _is_number))
+
+
 def _is_regex(v: Any) -> bool:
     if not isinstance(v, str):
         return False
@@ -463,7 +465,7 @@ def _is_regex(v: Any) -> bool:
     return True
 
 
-REGEX = Rule("regex", "a regular expression (\"\" for none)", _is_regex)
+REGEX = Rule("regex", 'a regular expression ("" for none)', _is_regex)
 POSITIVE_NUMBERS = Rule(
     "positive_numbers", "a tuple of numbers > 0", lambda v: _all(v, POSITIVE.ok)
 )

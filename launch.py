@@ -8,6 +8,7 @@
     python launch.py sample --workdir=runs/shakespeare --prompt="ROMEO:"   # text from an LM run
     python launch.py lr_find --config=experiments/digits_cnn.py --workdir=runs/digits_lr_find
     python launch.py average --workdir=runs/wmt_base --last=5   # average checkpoints, evaluate
+    python launch.py eval --workdir=runs/digits [--best | --step=N] [--config=experiments/x.py ...]
 
 Relaunching a workdir resumes its run; if the config differs in more than how long and how often
 it logs, evaluates and saves, the launch is refused: use a fresh --workdir, or
@@ -16,7 +17,8 @@ it logs, evaluates and saves, the launch is refused: use a fresh --workdir, or
 `sweep` runs the cells an experiment's `sweep()` declares (research/sweeps/), or with --slurm
 writes them as a SLURM job array; `report` tabulates and plots finished runs.
 `lr_find` runs a learning-rate range test and suggests a learning rate (research/lr_find.py);
-`average` averages a run's last checkpoints and evaluates the average (research/average.py).
+`average` averages a run's last checkpoints and evaluates the average (research/average.py);
+`eval` evaluates a run's (or another source's) weights on an experiment's data (research/evaluate.py).
 `launch.py sweep -h` and `launch.py report -h` list their flags.
 
 Mistakes (unknown key, wrong type, invalid value, missing file or data, a workdir that is busy or
@@ -116,6 +118,8 @@ def main(argv: list[str]) -> int:
             return lr_find_command(argv[1:])
         if argv[:1] == ["average"]:
             return average_command(argv[1:])
+        if argv[:1] == ["eval"]:
+            return eval_command(argv[1:])
         args, overrides = parse(argv)
         config = build_config(args.config, overrides)
         from research import parallel
@@ -306,6 +310,45 @@ def average_command(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     average.average(args.workdir, args.last, args.out, argv=[sys.argv[0], "average", *argv])
+    return 0
+
+
+def eval_command(argv: list[str]) -> int:
+    """`launch.py eval`: evaluate weights on an experiment's data; nothing is trained."""
+    from research import evaluate
+    from research.config import build_config, parse_overrides
+
+    parser = ArgumentParser(
+        prog="launch.py eval",
+        description=evaluate.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--workdir", required=True, help="where the weights are: a run's workdir")
+    parser.add_argument(
+        "--config", default=None, help="experiment (data, metrics, model); default: the run's own"
+    )
+    parser.add_argument("--step", type=int, default=0, help="the checkpoint (default: the latest)")
+    parser.add_argument("--best", action="store_true", help="the run's best checkpoint")
+    parser.add_argument(
+        "--out", default=None, help="where results go (default <workdir>/eval_stepN)"
+    )
+    args, rest = parser.parse_known_args(argv)
+    if not args.workdir.strip():
+        raise ConfigError("--workdir is empty; give the run (or weights) to evaluate")
+    if args.step < 0:
+        raise ConfigError(f"--step={args.step}: give a checkpoint step (0 = the latest)")
+    overrides = parse_overrides(rest)
+    if overrides and args.config is None:
+        raise ConfigError("--config.* overrides need --config=experiments/<x>.py")
+    config = build_config(args.config, overrides) if args.config else None
+    evaluate.evaluate(
+        config,
+        args.workdir,
+        args.out,
+        step=args.step,
+        best=args.best,
+        argv=[sys.argv[0], "eval", *argv],
+    )
     return 0
 
 

@@ -185,6 +185,15 @@ def read_step(directory: Path, step: int, target: Any) -> tuple[Any, dict, dict]
     return restored["state"], restored["data"], restored["meta"]
 
 
+def read_meta(directory: Path, step: int) -> dict:
+    """The loop metadata of checkpoint `step` (best step and value, wall time, ...); read-only."""
+    with _absl_errors_only():
+        options = ocp.CheckpointManagerOptions(read_only=True)
+        manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
+        restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return restored["meta"]
+
+
 def write_step(directory: Path, step: int, state: Any, data_state: dict, meta: dict) -> None:
     """Write one complete checkpoint `step` into a checkpoints directory (e.g. an average)."""
     checkpointer = Checkpointer(directory, async_save=False)

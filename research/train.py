@@ -63,19 +63,9 @@ def prepare(
     """
     if stop_after_step is not None and stop_after_step < 1:
         raise ConfigError(f"--stop_after_step={stop_after_step}: give a step >= 1")
-    tc = config.train
     info, parts, abstract_state = prepare_model(config)
     _check_metric_names(config, parts.task, info)
-    eval_data = {
-        split: data.eval_batches(
-            config.data,
-            split,
-            global_batch_size=tc.eval_batch_size,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-        )
-        for split in dict.fromkeys((config.data.eval_split, config.data.test_split))
-    }
+    eval_data = eval_batches(config)
     if parts.task.generate is not None:  # Trace generation once: a bad setting shows up now.
         example = next(iter(eval_data[config.data.test_split]))
         try:
@@ -121,6 +111,20 @@ def prepare_model(config: ml_collections.ConfigDict) -> tuple[DatasetInfo, steps
     except (ValueError, TypeError) as e:  # The model cannot run on these shapes.
         raise ConfigError(f"model: {_first_line(e)}") from None
     return info, parts, abstract_state
+
+
+def eval_batches(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """split -> this process's evaluation batches, for the eval and test splits."""
+    return {
+        split: data.eval_batches(
+            config.data,
+            split,
+            global_batch_size=config.train.eval_batch_size,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+        for split in dict.fromkeys((config.data.eval_split, config.data.test_split))
+    }
 
 
 def _check_metric_names(config: ml_collections.ConfigDict, task: Any, info: DatasetInfo) -> None:
@@ -265,7 +269,6 @@ def _train(
     compiled_step = steps.compile_train_step(
         parts, config.parallel, mesh, state_sharding, tc.steps_per_call
     )
-    eval_step = steps.compile_eval_step(parts, mesh)
 
     # ---------------------------------------------------------------------------------------------
     # Input.
@@ -281,26 +284,12 @@ def _train(
     # ---------------------------------------------------------------------------------------------
     # Evaluation: every example exactly once (padding masked out), on the EMA weights if enabled.
     # ---------------------------------------------------------------------------------------------
-    generate_step = steps.compile_generate_step(parts, mesh) if parts.task.generate else None
+    evaluator = Evaluator.build(parts, prep.info, prep.eval_data, mesh, wd if is_main else None)
 
     def evaluate(state: dict, split: str, generate: bool) -> tuple[dict[str, float], dict]:
-        """Metrics of the current (or EMA) parameters on a TFDS split; with `generate`, also of
-        the model's own outputs (translations), which the task writes to the workdir."""
+        """Metrics of the current (or EMA) parameters on a split (see `Evaluator`)."""
         params = state["ema_params"] if parts.ema_decay else state["params"]
-        collected = []
-        for local in prep.eval_data[split]:
-            batch = parallel.global_batch(local, mesh)
-            outputs = eval_step(params, state["model_state"], batch)
-            if generate and generate_step is not None:
-                outputs |= generate_step(params, state["model_state"], batch)
-            outputs, mask = parallel.gather((outputs, batch["mask"]))
-            collected.append(jax.tree.map(lambda x, m=mask: x[m], outputs))
-        outputs = jax.tree.map(lambda *xs: np.concatenate(xs), *collected)
-        metrics, details = parts.task.summarize(outputs, prep.info, split=split)
-        if is_main:
-            for name, text in parts.task.files(details, split).items():
-                (wd / name).write_text(text)
-        return metrics, details
+        return evaluator(params, state["model_state"], split, generate)
 
     # ---------------------------------------------------------------------------------------------
     # Checkpoint: resume from the newest readable step, or initialise.
@@ -536,6 +525,54 @@ def _train(
         print(parts.task.report(details), flush=True)
         print(summary_line(result), flush=True)
     return result
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluator:
+    """Evaluation: every example of a split exactly once (padding masked out), the task's metrics
+    of the model's outputs and, with `generate`, of its generated outputs (translations), whose
+    files the task writes into `write_to`. Used by training and by `launch.py eval`."""
+
+    parts: steps.Parts
+    info: DatasetInfo
+    eval_data: dict[str, Any]  # split -> this process's evaluation batches (iterable again)
+    mesh: Any
+    eval_step: Any
+    generate_step: Any  # None when the task generates nothing
+    write_to: Path | None  # the workdir (process 0 only)
+
+    @classmethod
+    def build(
+        cls,
+        parts: steps.Parts,
+        info: DatasetInfo,
+        eval_data: dict[str, Any],
+        mesh: Any,
+        write_to: Path | None,
+    ) -> "Evaluator":
+        generate_step = steps.compile_generate_step(parts, mesh) if parts.task.generate else None
+        eval_step = steps.compile_eval_step(parts, mesh)
+        return cls(parts, info, eval_data, mesh, eval_step, generate_step, write_to)
+
+    def __call__(
+        self, params: dict, model_state: dict, split: str, generate: bool
+    ) -> tuple[dict[str, float], dict]:
+        """(metrics, details) of `params` on TFDS split `split`."""
+        collected = []
+        for local in self.eval_data[split]:
+            batch = parallel.global_batch(local, self.mesh)
+            outputs = self.eval_step(params, model_state, batch)
+            if generate and self.generate_step is not None:
+                outputs |= self.generate_step(params, model_state, batch)
+            outputs, mask = parallel.gather((outputs, batch["mask"]))
+            collected.append(jax.tree.map(lambda x, m=mask: x[m], outputs))
+        outputs = jax.tree.map(lambda *xs: np.concatenate(xs), *collected)
+        task = self.parts.task
+        metrics, details = task.summarize(outputs, self.info, split=split)
+        if self.write_to is not None:
+            for name, text in task.files(details, split).items():
+                (self.write_to / name).write_text(text)
+        return metrics, details
 
 
 def _close_quietly(ckpt: checkpoint.Checkpointer) -> None:

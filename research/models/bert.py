@@ -14,6 +14,8 @@ Heads (`head`), chosen per task:
                   Task #2), returned as (mlm_logits, nsp_logits)
     "classifier"  sequence-classification logits [B, num_classes]: dropout, then a dense layer on
                   the pooled output (Section 4.1, fine-tuning)
+    "none"        no head: the encoder's output [B, T, H], and with the pooler also the pooled
+                  output [B, H], as (sequence, pooled) (Hugging Face's BertModel)
 
 Initialization as the original: truncated normal(0.02) for every weight matrix and embedding
 (`initializer_range`), zero biases, LayerNorm (1, 0) with epsilon 1e-12.
@@ -22,7 +24,11 @@ Sizes as data (`size`): the 24 sizes of Turc et al. 2019 ("Well-Read Students Le
 "L{2,4,6,8,10,12}_H{128,256,512,768}", with their names tiny (L2/H128), mini (L4/H256),
 small (L4/H512), medium (L8/H512), base (L12/H768), and large (L24/H1024, Devlin et al.); heads
 are H/64 and the MLP 4H throughout. Exact counts (tests): BERT-base's encoder with the pooler and
-the 30,522-token vocabulary has 109,482,240 parameters, BERT-large 335,141,888.
+the 30,522-token vocabulary has 109,482,240 parameters, BERT-large 335,141,888. Any other shape
+(an imported checkpoint's, research/pretrained.py) is the size fields, which override the size's:
+`size=""` with num_layers, hidden_size, num_heads and mlp_dim all given. So are the choices such a
+checkpoint may make differently: `activation` (the encoder MLP's and the MLM transform's),
+`layer_norm_epsilon`, and `pooler` (Hugging Face's BertForMaskedLM has none).
 """
 
 import itertools
@@ -50,7 +56,7 @@ SIZES |= {
 }
 HEAD_DIM = 64  # Every BERT size uses 64-wide attention heads (Turc et al. 2019: H / 64 heads).
 
-HEADS = ("mlm", "mlm_nsp", "classifier")
+HEADS = ("mlm", "mlm_nsp", "classifier", "none")
 
 # BERT's LayerNorm epsilon (modeling.py `layer_norm`; Hugging Face layer_norm_eps=1e-12).
 LAYER_NORM_EPSILON = 1e-12
@@ -59,7 +65,12 @@ LAYER_NORM_EPSILON = 1e-12
 class Bert(nn.Module):
     """Encoder: int32 tokens [B, T] (0 = pad) and segment ids [B, T] -> the `head`'s logits."""
 
-    size: str = "base"  # a key of SIZES: tiny, mini, small, medium, base, large or L{l}_H{h}
+    # A key of SIZES: tiny, mini, small, medium, base, large or L{l}_H{h}; "" = the fields below.
+    size: str = "base"
+    num_layers: int = 0  # 0: the size's (L)
+    hidden_size: int = 0  # 0: the size's (H)
+    num_heads: int = 0  # 0: the size's (H / 64)
+    mlp_dim: int = 0  # 0: the size's (4H)
     vocab_size: int = 30522  # the uncased English WordPiece vocabulary of the paper
     max_len: int = 512  # learned positions
     type_vocab_size: int = 2  # segments: sentence A and sentence B
@@ -68,14 +79,40 @@ class Bert(nn.Module):
     head: str = "mlm"  # one of HEADS
     num_classes: int = 2  # the classifier head's outputs
     pad_id: int = 0  # [PAD]: never attended to
+    activation: str = "gelu_exact"  # layers.ACTIVATIONS; modeling.py's gelu is the erf form
+    layer_norm_epsilon: float = LAYER_NORM_EPSILON
+    pooler: bool = True  # tanh(W h_[CLS] + b); the heads "mlm" and "none" can do without
     dtype: str = "float32"  # compute precision, one of gpt.DTYPES
 
     def __post_init__(self) -> None:
         # Bad config values fail here, at construction, in one line each.
-        layers.lookup(SIZES, self.size, "Bert size")
+        sizes = self.sizes  # decodes the size
         layers.lookup(DTYPES, self.dtype, "Bert dtype")
         layers.require(
             self.head in HEADS, f"unknown Bert head {self.head!r}; choose one of {HEADS}"
+        )
+        _, gated = layers.lookup(layers.ACTIVATIONS, self.activation, "Bert activation")
+        layers.require(
+            not gated, f"Bert activation {self.activation!r}: gated units are not BERT's"
+        )
+        for field, value in sizes.items():
+            layers.require(
+                value >= 1,
+                f"Bert {field} must be >= 1, got {value}"
+                + ("" if self.size else " (size='' needs every size field)"),
+            )
+        layers.require(
+            sizes["hidden_size"] % sizes["num_heads"] == 0,
+            f"Bert hidden_size {sizes['hidden_size']} must be divisible by num_heads "
+            f"{sizes['num_heads']}",
+        )
+        layers.require(
+            self.layer_norm_epsilon > 0,
+            f"Bert layer_norm_epsilon must be > 0, got {self.layer_norm_epsilon}",
+        )
+        layers.require(
+            self.pooler or self.head in ("mlm", "none"),
+            f"Bert head {self.head!r} reads the pooled output; it needs pooler=True",
         )
         for field in ("vocab_size", "max_len", "type_vocab_size", "num_classes"):
             value = getattr(self, field)
@@ -90,16 +127,22 @@ class Bert(nn.Module):
         super().__post_init__()
 
     @property
+    def sizes(self) -> dict[str, int]:
+        """num_layers, hidden_size, num_heads, mlp_dim: the size's, overridden by set fields."""
+        if self.size:
+            depth, width = layers.lookup(SIZES, self.size, "Bert size")
+            decoded = dict(num_layers=depth, hidden_size=width, num_heads=width // HEAD_DIM)
+            decoded["mlp_dim"] = 4 * width
+        else:
+            decoded = {}
+        fields = ("num_layers", "hidden_size", "num_heads", "mlp_dim")
+        return {f: getattr(self, f) or decoded.get(f, 0) for f in fields}
+
+    @property
     def num_outputs(self) -> int:
+        if self.head == "none":
+            return self.sizes["hidden_size"]
         return self.num_classes if self.head == "classifier" else self.vocab_size
-
-    @property
-    def num_layers(self) -> int:
-        return SIZES[self.size][0]
-
-    @property
-    def hidden(self) -> int:
-        return SIZES[self.size][1]
 
     @nn.compact
     def __call__(
@@ -117,7 +160,8 @@ class Bert(nn.Module):
         matmul of a small BERT, then costs 15% of predicting every position.
         """
         dtype, matmul_dtype = DTYPES[self.dtype]
-        width, length = self.hidden, tokens.shape[1]
+        sizes = self.sizes
+        width, length = sizes["hidden_size"], tokens.shape[1]
         if length > self.max_len:
             raise ValueError(
                 f"Bert input of {length} tokens exceeds max_len {self.max_len}; set "
@@ -125,7 +169,7 @@ class Bert(nn.Module):
             )
         init = nn.initializers.truncated_normal(0.02)  # modeling.py initializer_range
         norm = partial(
-            nn.LayerNorm, epsilon=LAYER_NORM_EPSILON, dtype=dtype, param_dtype=jnp.float32
+            nn.LayerNorm, epsilon=self.layer_norm_epsilon, dtype=dtype, param_dtype=jnp.float32
         )
         dense = partial(nn.Dense, kernel_init=init, dtype=dtype, param_dtype=jnp.float32)
         dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
@@ -156,15 +200,15 @@ class Bert(nn.Module):
 
         # --- encoder: post-norm blocks, attending to every non-pad token ---
         mask = attention.padding_mask(tokens != self.pad_id)
-        for i in range(self.num_layers):
+        for i in range(sizes["num_layers"]):
             x = layers.TransformerBlock(
-                num_heads=width // HEAD_DIM,
-                mlp_dim=4 * width,
+                num_heads=sizes["num_heads"],
+                mlp_dim=sizes["mlp_dim"],
                 dropout_rate=self.dropout_rate,
                 attention_dropout_rate=self.attention_dropout_rate,
-                activation="gelu_exact",  # modeling.py's gelu is the erf form
+                activation=self.activation,
                 norm="layer",
-                norm_epsilon=LAYER_NORM_EPSILON,
+                norm_epsilon=self.layer_norm_epsilon,
                 norm_position="post",
                 dtype=dtype,
                 matmul_dtype=matmul_dtype,
@@ -174,14 +218,17 @@ class Bert(nn.Module):
             )(x, mask=mask, train=train)
 
         # --- heads ---
-        pooled = jnp.tanh(dense(width, name="pooler")(x[:, 0]))  # the [CLS] position
+        pooled = jnp.tanh(dense(width, name="pooler")(x[:, 0])) if self.pooler else None  # [CLS]
+        if self.head == "none":
+            x = x.astype(jnp.float32)
+            return x if pooled is None else (x, pooled.astype(jnp.float32))
         if self.head == "classifier":
             logits = dense(self.num_classes, name="classifier")(dropout(pooled))
             return logits.astype(jnp.float32)
         if positions is not None:
             x = jnp.take_along_axis(x, positions[..., None], axis=1)  # [B, P, H]
         h = dense(width, name="mlm_transform")(x)
-        h = norm(name="mlm_norm")(layers.gelu_exact(h))
+        h = norm(name="mlm_norm")(layers.ACTIVATIONS[self.activation][0](h))
         bias = self.param("mlm_bias", nn.initializers.zeros, (self.vocab_size,))
         mlm_logits = (word.attend(h) + bias).astype(jnp.float32)
         if self.head == "mlm":

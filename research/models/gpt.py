@@ -6,7 +6,7 @@ wide GELU MLP), a final LayerNorm, logits from the tied token embedding (h @ wte
 normal(0.02) everywhere, with residual output projections at normal(0.02 / sqrt(2 * layers))
 (GPT-2 Section 2.3; nanoGPT). GPT-2 124M has 124,439,808 parameters (tied, with biases).
 
-Every layout choice is a field (norm, norm_position, pos_emb, activation, use_bias,
+Every layout choice is a field (norm, norm_epsilon, norm_position, pos_emb, activation, use_bias,
 tie_embeddings), so `--config.model.pos_emb=rotary` is the whole ablation.
 """
 
@@ -42,6 +42,7 @@ class GPT(nn.Module):
     dropout_rate: float = 0.0  # embedding, residual and attention-probability dropout
     use_bias: bool = True
     norm: str = "layer"  # layers.NORMS
+    norm_epsilon: float = layers.NORM_EPSILON  # 1e-5, GPT-2's layer_norm_epsilon
     norm_position: str = "pre"  # layers.RESIDUALS
     pos_emb: str = "learned"  # layers.POSITIONAL
     activation: str = "gelu"  # layers.ACTIVATIONS
@@ -59,6 +60,9 @@ class GPT(nn.Module):
             value = getattr(self, field)
             layers.require(value >= 1, f"GPT {field} must be >= 1, got {value}")
         layers.require(self.mlp_ratio > 0, f"GPT mlp_ratio must be > 0, got {self.mlp_ratio}")
+        layers.require(
+            self.norm_epsilon > 0, f"GPT norm_epsilon must be > 0, got {self.norm_epsilon}"
+        )
         layers.require(
             0 <= self.dropout_rate < 1,
             f"GPT dropout_rate must be in [0, 1), got {self.dropout_rate}",
@@ -125,6 +129,7 @@ class GPT(nn.Module):
                 attention_dropout_rate=self.dropout_rate,
                 activation=self.activation,
                 norm=self.norm,
+                norm_epsilon=self.norm_epsilon,
                 norm_position=self.norm_position,
                 rotary=rotary,
                 use_bias=self.use_bias,
@@ -135,7 +140,10 @@ class GPT(nn.Module):
                 name=f"h_{i}",
             )(x, train=train, decode=decode)
         if self.norm_position == "pre":  # see layers.RESIDUALS: pre-norm needs a final norm
-            x = layers.NORMS[self.norm](use_bias=self.use_bias, dtype=dtype, name="ln_f")(x)
+            final_norm = layers.NORMS[self.norm]
+            x = final_norm(
+                use_bias=self.use_bias, epsilon=self.norm_epsilon, dtype=dtype, name="ln_f"
+            )(x)
 
         if self.tie_embeddings:
             logits = wte.attend(x)

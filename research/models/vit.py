@@ -24,8 +24,9 @@ Initialization as big_vision and vit_jax: Glorot uniform for every projection (q
 own D x D matrix, as flax's attention; transformer.xavier_uniform_per_projection) and the MLP,
 LeCun normal for the patch embedding, normal(0.02) for learned positions (vit_jax, "from BERT"),
 zeros for the class token and the head kernel (head_zero_init). LayerNorm epsilon 1e-6 (flax's
-default, which both use); GELU is flax's nn.gelu, the tanh form (layers.ACTIVATIONS "gelu"), as
-both use; timm's PyTorch port uses the erf form (`--config.model.activation=gelu_exact`).
+default, which both use; `layer_norm_epsilon`, 1e-12 in Hugging Face's port); GELU is flax's
+nn.gelu, the tanh form (layers.ACTIVATIONS "gelu"), as both use; timm's PyTorch port and Hugging
+Face's use the erf form (`--config.model.activation=gelu_exact`).
 Not reproduced: big_vision's MLP biases start at normal(1e-6), here at zero.
 """
 
@@ -116,7 +117,7 @@ POOLS: dict[str, tuple[bool, Callable[[jax.Array], jax.Array]]] = {
 class ViT(nn.Module):
     """Vision Transformer: float32 images [B, H, W, C] -> float32 logits [B, num_classes]."""
 
-    num_classes: int = 1000
+    num_classes: int = 1000  # 0: no head, the output is the (pre-logits) representation
     variant: str = "B/16"  # <size>/<patch> (SIZES, any patch); "" = the size fields below
     width: int = 0  # 0: the variant's (hidden size D)
     depth: int = 0  # 0: the variant's (encoder blocks)
@@ -130,6 +131,7 @@ class ViT(nn.Module):
     dropout_rate: float = 0.0  # on the embedded tokens and each residual branch (paper Appendix B)
     attention_dropout_rate: float = 0.0  # on attention probabilities
     activation: str = "gelu"  # layers.ACTIVATIONS; "gelu" is flax's nn.gelu, as big_vision
+    layer_norm_epsilon: float = LAYER_NORM_EPSILON  # Hugging Face's ViT uses 1e-12
     dtype: str = "float32"  # compute precision, one of DTYPES
 
     def __post_init__(self) -> None:
@@ -139,8 +141,16 @@ class ViT(nn.Module):
         layers.lookup(POSITIONAL, self.pos_emb, "ViT pos_emb")
         layers.lookup(layers.ACTIVATIONS, self.activation, "ViT activation")
         layers.lookup(DTYPES, self.dtype, "ViT dtype")
-        for field in ("num_classes", *sizes):
-            value = sizes.get(field, getattr(self, field))
+        layers.require(
+            self.num_classes >= 0,
+            f"ViT num_classes must be >= 0 (0: no head), got {self.num_classes}",
+        )
+        layers.require(
+            self.layer_norm_epsilon > 0,
+            f"ViT layer_norm_epsilon must be > 0, got {self.layer_norm_epsilon}",
+        )
+        for field in sizes:
+            value = sizes[field]
             layers.require(
                 value >= 1,
                 f"ViT {field} must be >= 1, got {value}"
@@ -172,7 +182,7 @@ class ViT(nn.Module):
 
     @property
     def num_outputs(self) -> int:
-        return self.num_classes
+        return self.num_classes or self.representation_size or self.sizes["width"]
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
@@ -216,7 +226,7 @@ class ViT(nn.Module):
                 activation=self.activation,
                 norm="layer",
                 norm_position="pre",
-                norm_epsilon=LAYER_NORM_EPSILON,
+                norm_epsilon=self.layer_norm_epsilon,
                 dtype=dtype,
                 matmul_dtype=matmul_dtype,
                 kernel_init=xavier_uniform_per_projection(width),
@@ -225,13 +235,18 @@ class ViT(nn.Module):
                 name=f"encoderblock_{i}",
             )(x, train=train)
         x = nn.LayerNorm(
-            epsilon=LAYER_NORM_EPSILON, dtype=dtype, param_dtype=jnp.float32, name="encoder_norm"
+            epsilon=self.layer_norm_epsilon,
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            name="encoder_norm",
         )(x)
         x = pool(x)
 
         dense = dict(dtype=dtype, param_dtype=jnp.float32)
         if self.representation_size:
             x = jnp.tanh(nn.Dense(self.representation_size, name="pre_logits", **dense)(x))
+        if not self.num_classes:  # Features only (big_vision's num_classes=None).
+            return x.astype(jnp.float32)
         head_init = nn.initializers.zeros if self.head_zero_init else nn.initializers.lecun_normal()
         logits = nn.Dense(self.num_classes, kernel_init=head_init, name="head", **dense)(x)
         return logits.astype(jnp.float32)

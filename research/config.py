@@ -43,6 +43,7 @@ SECTIONS = (
     "schedule",
     "train",
     "init",
+    "lora",
     "decode",
     "parallel",
     "expected",
@@ -108,6 +109,12 @@ def defaults() -> ml_collections.ConfigDict:
             "clip_norm": 0.0,  # 0 = off; else clip_by_global_norm.
             "grad_accum_steps": 1,  # Micro-batches per update (the same update, less memory).
             "ema_decay": 0.0,  # 0 = off; else evaluate on an EMA of the parameters.
+            # Parameter groups for fine-tuning (research/optim.py), regexes over parameter paths
+            # such as "layer_0/attn/qkv/kernel":
+            "trainable": "",  # The parameters that train; "" = all (with LoRA: the adapters).
+            "freeze": "",  # Parameters that do not train (no optimizer state), after `trainable`.
+            "lr_multipliers": (),  # ((regex, factor), ...): the first match scales its lr.
+            "layer_decay": 0.0,  # 0 = off; else lr * d ** (L + 1 - depth) (ELECTRA, BEiT).
         }
     )
     c.schedule = ml_collections.ConfigDict(
@@ -148,6 +155,15 @@ def defaults() -> ml_collections.ConfigDict:
             "step": 0,  # Its checkpoint; 0 = the latest.
             "include": "",  # Regex over parameter paths to copy; "" = all.
             "exclude": "",  # Regex of parameters to keep fresh, e.g. "^classifier/" (a new head).
+        }
+    )
+    c.lora = ml_collections.ConfigDict(
+        {  # Low-rank adapters on Dense layers, the base frozen (Hu et al. 2021): research/lora.py.
+            "rank": 0,  # r; 0 = no LoRA.
+            "alpha": 8.0,  # The branch is scaled by alpha / rank (PEFT's default alpha).
+            "dropout": 0.0,  # On the branch's input, in training.
+            "targets": "attn/qkv/kernel",  # Regex over Dense kernel paths: the layers adapted.
+            "qkv": "fused",  # fused: one pair on the q|k|v projection; or slices, e.g. "qv".
         }
     )
     c.decode = ml_collections.ConfigDict(
@@ -466,6 +482,20 @@ def _is_regex(v: Any) -> bool:
 
 
 REGEX = Rule("regex", 'a regular expression ("" for none)', _is_regex)
+LR_MULTIPLIERS = Rule(
+    "lr_multipliers",
+    "a tuple of (regex, factor > 0) pairs, e.g. (('^classifier/', 10.0),)",
+    lambda v: _all(
+        v,
+        lambda pair: (
+            isinstance(pair, tuple | list)
+            and len(pair) == 2
+            and _is_regex(pair[0])
+            and bool(pair[0])
+            and POSITIVE.ok(pair[1])
+        ),
+    ),
+)
 POSITIVE_NUMBERS = Rule(
     "positive_numbers", "a tuple of numbers > 0", lambda v: _all(v, POSITIVE.ok)
 )
@@ -480,7 +510,7 @@ def choice(names: Any) -> Rule:
 def rules() -> dict[str, Rule]:
     """Every field of `defaults()` and what it may hold. Names resolve through the tables next
     to the code they name. Model fields beyond `name` are checked by the model itself."""
-    from research import data, guard, models, optim, parallel, tasks  # Deferred: heavy imports.
+    from research import data, guard, lora, models, optim, parallel, tasks  # Deferred: heavy.
     from research.data import tokenizers
 
     return {
@@ -539,6 +569,10 @@ def rules() -> dict[str, Rule]:
         "optimizer.clip_norm": NON_NEGATIVE,
         "optimizer.grad_accum_steps": POSITIVE_INT,
         "optimizer.ema_decay": FRACTION,
+        "optimizer.trainable": REGEX,  # Checked against the model's parameters before a run.
+        "optimizer.freeze": REGEX,
+        "optimizer.lr_multipliers": LR_MULTIPLIERS,
+        "optimizer.layer_decay": FRACTION,
         "schedule.name": choice(optim.SCHEDULES),
         "schedule.warmup_steps": COUNT,
         "schedule.end_lr": NON_NEGATIVE,
@@ -567,6 +601,11 @@ def rules() -> dict[str, Rule]:
         "init.step": COUNT,
         "init.include": REGEX,
         "init.exclude": REGEX,
+        "lora.rank": COUNT,
+        "lora.alpha": POSITIVE,
+        "lora.dropout": FRACTION,
+        "lora.targets": REGEX,  # Checked against the model's Dense kernels before a run.
+        "lora.qkv": choice(lora.QKV_CHOICES),
         "decode.beam_size": POSITIVE_INT,
         "decode.length_penalty": NON_NEGATIVE,
         "decode.max_extra_tokens": POSITIVE_INT,
@@ -648,7 +687,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
     layout over devices. Data, shapes and metric names are checked by the trainer's preparation
     (research/train.py `prepare`), which needs the data.
     """
-    from research import models, optim, parallel  # Deferred: keeps `launch.py --help` light.
+    from research import lora, models, optim, parallel  # Deferred: keeps `launch.py --help` light.
     from research.data import augment
 
     table = rules()
@@ -676,6 +715,10 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
     train = config.train
     try:
         optim.validate(config.optimizer, config.schedule, train.steps)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    try:
+        lora.validate(config.lora, defaults().lora)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     accum = config.optimizer.grad_accum_steps

@@ -19,13 +19,34 @@ Weight decay means two different things, as in the papers each optimizer comes f
 Only parameters selected by `optimizer.decay_mask` decay ("matrices", nanoGPT's
 `configure_optimizers` rule: kernels and embeddings, not biases or norm scales).
 
+Parameter groups (fine-tuning): which parameters train, and at what rate, by regular expressions
+over parameter paths such as "layer_0/attn/qkv/kernel" (`lr_multipliers` below):
+  - `optimizer.trainable` names the parameters that train ("" = all); `optimizer.freeze` the ones
+    that do not, applied after it. With LoRA on (research/lora.py) the adapters always train and
+    the base only where `trainable` names it (e.g. "^classifier/", a new head).
+  - `optimizer.lr_multipliers`, ((regex, factor), ...): the first pattern a parameter matches
+    multiplies its learning rate.
+  - `optimizer.layer_decay` d (0 = off): layer-wise learning-rate decay (Clark et al. 2020,
+    ELECTRA; Bao et al. 2022, BEiT): the learning rate times d ** (L + 1 - depth), depth 0 for the
+    embeddings, i + 1 for block i of L, L + 1 for everything above (final norm, pooler, heads).
+    This is BEiT's numbering; ELECTRA's puts the heads one level higher, so its multipliers are
+    these times one more factor d everywhere below the heads. The blocks and the embeddings are
+    named by the model registry (research/models LAYERS).
+Frozen parameters go through `optax.set_to_zero()` inside `optax.multi_transform`: their update is
+zero and the optimizer keeps no state for them (Adam's two moments per trainable parameter
+only: the memory PEFT saves). Clipping sees the trainable gradients alone. A multiplier scales
+the optimizer's update, which for sgd, adam and adamw (decay included) is the same as scaling
+that group's learning rate, as PyTorch's per-group `lr`. Without any of these settings the chain
+is the plain one above.
+
 Schedules are indexed by the optimizer's update count: the first update uses `schedule(0)`.
 `tx.update` needs `params` (weight decay reads them). Gradient accumulation
 (`optimizer.grad_accum_steps`) and EMA (`optimizer.ema_decay`, via `ema_update`) are applied by
 the trainer, not by this chain.
 """
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
@@ -195,18 +216,146 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
 }
 
 
+# ---------------------------------------------------------------- parameter groups
+
+
+def param_names(params: Any) -> list[str]:
+    """The parameter paths of a tree (arrays, abstract, or optax-masked), as "h_0/mlp/fc/kernel"."""
+    return [
+        "/".join(str(getattr(k, "key", k)) for k in path)
+        for path, _ in jax.tree_util.tree_leaves_with_path(params)
+    ]
+
+
+def grouped(optimizer_config: ml_collections.ConfigDict, adapter: Callable | None) -> bool:
+    """Whether any parameter group is set (else the chain is the plain, ungrouped one)."""
+    oc = optimizer_config
+    return bool(
+        oc.trainable or oc.freeze or oc.lr_multipliers or oc.layer_decay or adapter is not None
+    )
+
+
+def _depths(names: list[str], layers: tuple[str, str] | None) -> tuple[dict[str, int], int]:
+    """Each parameter's depth for layer-wise decay, and L: embeddings 0, block i at i + 1, the
+    rest at L + 1 (BEiT's numbering). `layers`: (block regex with the index as group 1,
+    embeddings regex)."""
+    if layers is None:
+        raise ValueError(
+            "optimizer.layer_decay needs the model's layer order, which this model does not "
+            "declare (research/models LAYERS); set optimizer.layer_decay=0"
+        )
+    block, embeddings = (re.compile(p) for p in layers)
+    index = {n: int(m.group(1)) for n in names if (m := block.search(n))}
+    if not index:
+        raise ValueError(
+            f"optimizer.layer_decay: no parameter is in a numbered block ({layers[0]!r}); set "
+            "optimizer.layer_decay=0"
+        )
+    num_layers = max(index.values()) + 1
+    depth = {
+        n: index[n] + 1 if n in index else 0 if embeddings.search(n) else num_layers + 1
+        for n in names
+    }
+    return depth, num_layers
+
+
+def lr_multipliers(
+    optimizer_config: ml_collections.ConfigDict,
+    names: Iterable[str],
+    *,
+    layers: tuple[str, str] | None = None,
+    adapter: Callable[[str], bool] | None = None,
+) -> dict[str, float]:
+    """Each parameter's learning-rate multiplier; 0.0 = frozen.
+
+    `names`: every parameter path of the model; `layers`: the model's (block, embeddings)
+    regexes for layer decay; `adapter`: with LoRA on, whether a path is an adapter's (research/
+    lora.py `is_factor`). Raises a one-line ValueError for a pattern that matches no parameter,
+    layer decay on a model without numbered blocks, or a model with nothing left to train.
+    """
+    oc, names = optimizer_config, list(names)
+
+    def matching(pattern: str, field: str) -> set[str]:
+        chosen = {n for n in names if re.search(pattern, n)}
+        if not chosen:
+            raise ValueError(
+                f"{field}={pattern!r} matches none of the model's parameters (e.g. "
+                f"{', '.join(names[:3])})"
+            )
+        return chosen
+
+    if oc.trainable:
+        train = matching(oc.trainable, "optimizer.trainable")
+    else:
+        train = {n for n in names if adapter is None}  # With LoRA: the base is frozen.
+    train |= {n for n in names if adapter is not None and adapter(n)}
+    if oc.freeze:
+        train -= matching(oc.freeze, "optimizer.freeze")
+    if not train:
+        raise ValueError(
+            "no parameter trains: optimizer.trainable / optimizer.freeze (and LoRA) leave none"
+        )
+    multiplier = dict.fromkeys(names, 1.0)
+    if oc.layer_decay:
+        depth, num_layers = _depths(names, layers)
+        multiplier = {n: oc.layer_decay ** (num_layers + 1 - depth[n]) for n in names}
+    groups = [
+        (pattern, factor, matching(pattern, "optimizer.lr_multipliers pattern"))
+        for pattern, factor in oc.lr_multipliers
+    ]
+    for n in names:
+        factor = next((f for _, f, chosen in groups if n in chosen), 1.0)
+        multiplier[n] = multiplier[n] * factor if n in train else 0.0
+    return multiplier
+
+
+def _by_name(tree: Any, table: Callable[[Any], dict[str, float]], fn: Callable) -> Any:
+    """tree.map of fn(leaf, table[leaf's path]), the table built from the tree's own paths."""
+    values = table(tree)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: fn(leaf, values["/".join(str(getattr(k, "key", k)) for k in path)]),
+        tree,
+    )
+
+
+def _scale_by_multiplier(table: Callable[[Any], dict[str, float]]) -> optax.GradientTransformation:
+    """Each update times its parameter's multiplier (exact, and skipped, where it is 1)."""
+
+    def update(updates, state, params=None):
+        del params
+        return _by_name(updates, table, lambda u, m: u if m == 1.0 else u * m), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def build_optimizer(
     optimizer_config: ml_collections.ConfigDict,
     schedule_config: ml_collections.ConfigDict,
     total_steps: int,
+    *,
+    layers: tuple[str, str] | None = None,
+    adapter: Callable[[str], bool] | None = None,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The optax chain `clip -> optimizer(schedule)` and its schedule (returned for logging)."""
+    """The optax chain `clip -> optimizer(schedule)` and its schedule (returned for logging).
+
+    With parameter groups (see the module's docstring; `layers` and `adapter` as for
+    `lr_multipliers`): multi_transform(train: clip -> optimizer, frozen: set_to_zero), then each
+    update times its parameter's learning-rate multiplier.
+    """
     oc = optimizer_config
     schedule = build_schedule(schedule_config, oc.learning_rate, total_steps)
     base = _lookup(OPTIMIZERS, "optimizer.name", oc.name)
     _lookup(DECAY_MASKS, "optimizer.decay_mask", oc.decay_mask)  # fail now, not at first update
     clip = optax.clip_by_global_norm(oc.clip_norm) if oc.clip_norm > 0 else optax.identity()
     tx = optax.chain(clip, base(oc, schedule, partial(decay_mask, rule=oc.decay_mask)))
+    if not grouped(oc, adapter):
+        return tx, schedule
+    table = lambda tree: lr_multipliers(oc, param_names(tree), layers=layers, adapter=adapter)
+    labels = lambda params: _by_name(params, table, lambda _, m: "train" if m else "frozen")
+    tx = optax.chain(
+        optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels),
+        _scale_by_multiplier(table),
+    )
     return tx, schedule
 
 

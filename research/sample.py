@@ -3,7 +3,8 @@
 The run's workdir holds all it takes: config.json gives the model and the data, hence the
 tokenizer (refitted on the same text: "char" is the sorted set of its characters); the newest
 checkpoint gives the parameters, the EMA ones when the run kept an EMA (`optimizer.ema_decay`),
-as its evaluations used (read through research/checkpoint.py). Sampling is nanoGPT's sample.py
+as its evaluations used (read through research/checkpoint.py); a LoRA run's adapters are folded
+into the base weights (research/lora.py `merge`). Sampling is nanoGPT's sample.py
 (temperature, top-k) with a KV cache (research/tasks/decoding.py). Checkpoints are read, never
 written, so a run still training can be sampled.
 """
@@ -15,7 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from research import checkpoint, models
+from research import checkpoint, lora, models
 from research.data import text, tokenizers
 from research.errors import ConfigError
 from research.tasks import decoding
@@ -39,7 +40,10 @@ def load(workdir: str | Path) -> tuple[ml_collections.ConfigDict, dict, int]:
         raise ConfigError(f"{wd} has no checkpoint yet; train first, or wait for the first save")
     step, state = checkpoint.restore_state(wd / "checkpoints")
     ema = config.optimizer.ema_decay > 0
-    return config, state["ema_params"] if ema else state["params"], step
+    params = state["ema_params"] if ema else state["params"]
+    if "lora" in config:  # A LoRA run: adapters folded into the base, which the plain model runs.
+        params = lora.merge(params, config.lora.alpha)
+    return config, params, step
 
 
 def tokenizer(workdir: str | Path, config: ml_collections.ConfigDict) -> tokenizers.Tokenizer:

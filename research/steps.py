@@ -11,6 +11,10 @@ The state is a plain dict:
     {"step": int32, "params": ..., "model_state": {"batch_stats": ...} or {},
      "opt_state": ..., "ema_params": ... or {}, "guard": {skipped updates, loss EMAs, ...}}
 
+With parameter groups (optimizer.trainable/freeze/lr_multipliers/layer_decay, or LoRA) frozen
+parameters get no gradient (stop_gradient: their weight-gradient matmuls are not computed) and no
+update; `trainable(parts, params)` says which train.
+
 Per-step randomness is `fold_in(dropout_key, step)`, so it is a function of the step alone and a
 resumed run draws exactly the numbers an uninterrupted one would.
 """
@@ -26,7 +30,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from research import guard, models, optim, parallel, tasks
+from research import guard, lora, models, optim, parallel, tasks
 from research.tasks.base import Task
 
 
@@ -46,17 +50,29 @@ class Parts:
     ema_decay: float  # optimizer.ema_decay; 0 = no EMA.
     accum_steps: int  # optimizer.grad_accum_steps: micro-batches per update.
     spike_sigmas: float  # train.loss_spike_sigmas; 0 = no loss-spike guard.
+    # Parameter names -> learning-rate multiplier, 0 = frozen (optim.lr_multipliers); None: no
+    # groups, everything trains at the scheduled rate.
+    groups: Callable[[list[str]], dict[str, float]] | None = None
 
 
 def build(config: ml_collections.ConfigDict, input_shape: tuple[int, ...]) -> Parts:
     """The step's parts from a validated config and the data's example shape."""
     model = models.build(config.model)
-    tx, schedule = optim.build_optimizer(config.optimizer, config.schedule, config.train.steps)
+    adapter = lora.is_factor if config.lora.rank else None
+    layers = models.LAYERS.get(config.model.name)
+    tx, schedule = optim.build_optimizer(
+        config.optimizer, config.schedule, config.train.steps, layers=layers, adapter=adapter
+    )
+    groups = None
+    if optim.grouped(config.optimizer, adapter):
+        groups = functools.partial(
+            optim.lr_multipliers, config.optimizer, layers=layers, adapter=adapter
+        )
     init_key, dropout_key = jax.random.split(jax.random.key(config.train.seed))
     bn_axis = parallel.batch_norm_axis(config.parallel)
     return Parts(
-        model=model,
-        train_model=models.with_batch_norm_axis(model, bn_axis),
+        model=lora.adapt(model, config.lora),
+        train_model=lora.adapt(models.with_batch_norm_axis(model, bn_axis), config.lora),
         bn_axis=bn_axis,
         task=tasks.build(
             config.task, label_smoothing=config.train.label_smoothing, decode=config.decode
@@ -69,13 +85,19 @@ def build(config: ml_collections.ConfigDict, input_shape: tuple[int, ...]) -> Pa
         ema_decay=config.optimizer.ema_decay,
         accum_steps=config.optimizer.grad_accum_steps,
         spike_sigmas=config.train.loss_spike_sigmas,
+        groups=groups,
     )
+
+
+def init_variables(parts: Parts, key: jax.Array) -> dict:
+    """The model's fresh variables from `key`: {"params": ..., and state such as "batch_stats"}."""
+    args, kwargs = parts.task.example_inputs(parts.input_shape)
+    return parts.model.init(key, *args, **kwargs, train=False)
 
 
 def init_state(parts: Parts, key: jax.Array) -> dict:
     """A fresh train state: parameters from `key`, zero step, empty optimizer statistics."""
-    args, kwargs = parts.task.example_inputs(parts.input_shape)
-    variables = parts.model.init(key, *args, **kwargs, train=False)
+    variables = dict(init_variables(parts, key))
     params = variables.pop("params")
     return {
         "step": jnp.zeros((), jnp.int32),
@@ -92,10 +114,24 @@ def abstract_state(parts: Parts) -> dict:
     return jax.eval_shape(functools.partial(init_state, parts), parts.init_key)
 
 
+def trainable(parts: Parts, params: dict) -> dict:
+    """A tree of bools shaped like `params` (arrays or abstract): which parameters train. Raises
+    a one-line ValueError for groups that do not fit the model (optim.lr_multipliers)."""
+    if parts.groups is None:
+        return jax.tree.map(lambda _: True, params)
+    names = optim.param_names(params)
+    multipliers = parts.groups(names)
+    return jax.tree.unflatten(jax.tree.structure(params), [multipliers[n] > 0 for n in names])
+
+
 def loss_fn(
     parts: Parts, params: dict, model_state: dict, batch: dict, rng: jax.Array
 ) -> tuple[jax.Array, tuple[dict, dict]]:
     """The task's training loss of one (micro-)batch, and the model's updated state."""
+    if parts.groups is not None:  # No gradient, hence no weight-gradient matmul, for the frozen.
+        params = jax.tree.map(
+            lambda p, t: p if t else jax.lax.stop_gradient(p), params, trainable(parts, params)
+        )
     args, kwargs = parts.task.inputs(batch)
     logits, new_model_state = parts.train_model.apply(
         {"params": params, **model_state},

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from research import checkpoint, data, guard, initialize, parallel, steps, workdir
+from research import checkpoint, data, guard, initialize, lora, optim, parallel, steps, workdir
 from research.data import DatasetInfo
 from research.errors import ConfigError, ConfigMismatch, TrainingHalted
 from research.expected import Curve, Expected
@@ -44,6 +44,7 @@ class Prepared:
     eval_data: dict[str, Any]  # split -> this process's evaluation batches (iterable again)
     relaunch: workdir.Relaunch
     init: initialize.Plan | None  # Weights from another run (config.init), for a fresh start.
+    num_trainable: int  # Parameters that train (optimizer.trainable/freeze, LoRA).
 
 
 def prepare(
@@ -89,9 +90,15 @@ def prepare(
                 f"model ({different}); use a fresh --workdir"
             )
     fresh = relaunch.latest_step is None  # A run resuming its own checkpoint ignores config.init.
-    init = initialize.plan(config.init, abstract_state["params"]) if fresh else None
-    num_params = sum(x.size for x in jax.tree.leaves(abstract_state["params"]))
-    return Prepared(info, parts, abstract_state, num_params, eval_data, relaunch, init)
+    # LoRA's adapters are new: only the base model's parameters come from config.init.
+    init = initialize.plan(config.init, lora.base(abstract_state["params"])) if fresh else None
+    params = abstract_state["params"]
+    num_params = sum(x.size for x in jax.tree.leaves(params))
+    trains = jax.tree.leaves(steps.trainable(parts, params))
+    num_trainable = sum(x.size for x, t in zip(jax.tree.leaves(params), trains) if t)
+    return Prepared(
+        info, parts, abstract_state, num_params, eval_data, relaunch, init, num_trainable
+    )
 
 
 def prepare_model(config: ml_collections.ConfigDict) -> tuple[DatasetInfo, steps.Parts, dict]:
@@ -107,10 +114,24 @@ def prepare_model(config: ml_collections.ConfigDict) -> tuple[DatasetInfo, steps
             f"{info.num_classes} classes (or tokens); raise the model's num_classes / vocab_size"
         )
     try:
+        if parts.groups is not None:  # Checked first: the optimizer's state depends on them.
+            _check_groups(config, parts)
         abstract_state = steps.abstract_state(parts)
+    except ConfigError:
+        raise
     except (ValueError, TypeError) as e:  # The model cannot run on these shapes.
         raise ConfigError(f"model: {_first_line(e)}") from None
     return info, parts, abstract_state
+
+
+def _check_groups(config: ml_collections.ConfigDict, parts: steps.Parts) -> None:
+    """LoRA's targets and the parameter groups' patterns must fit the model's parameters."""
+    variables = jax.eval_shape(functools.partial(steps.init_variables, parts), parts.init_key)
+    try:
+        lora.check(config.lora, optim.param_names(variables["params"]))
+        steps.trainable(parts, variables["params"])
+    except ValueError as e:
+        raise ConfigError(_first_line(e)) from None
 
 
 def eval_batches(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -365,7 +386,8 @@ def _train(
     # ---------------------------------------------------------------------------------------------
     if is_main:
         print(
-            f"{config.experiment}: {prep.num_params:,} parameters, {jax.device_count()} device(s), "
+            f"{config.experiment}: {prep.num_params:,} parameters{_trainable(prep)}, "
+            f"{jax.device_count()} device(s), "
             f"steps {step}->{tc.steps}, batch {tc.batch_size}",
             flush=True,
         )
@@ -516,6 +538,7 @@ def _train(
         elapsed(),
         metrics,
         num_params=prep.num_params,
+        num_trainable_params=prep.num_trainable,
         best_step=meta["best_step"],
         stopped_early=meta["stopped_early"],
         details={"test": {k: v for k, v in details.items() if not k.startswith("_")}},
@@ -573,6 +596,13 @@ class Evaluator:
             for name, text in task.files(details, split).items():
                 (self.write_to / name).write_text(text)
         return metrics, details
+
+
+def _trainable(prep: Prepared) -> str:
+    """The trainable count and share when some parameters are frozen (fine-tuning, LoRA)."""
+    if prep.num_trainable == prep.num_params:
+        return ""
+    return f" ({prep.num_trainable:,} trainable, {100 * prep.num_trainable / prep.num_params:.2f}%)"
 
 
 def _close_quietly(ckpt: checkpoint.Checkpointer) -> None:

@@ -34,6 +34,7 @@ BAD_BY_RULE = {
     "numbers": ("(x", "('a',)"),
     "positive_numbers": ("(x", "(0.0,)"),
     "regex": ("(",),
+    "lr_multipliers": ("(x", "(('(', 2.0),)", "(('^a', 0.0),)", "('^a', 2.0)"),
     "text_features": ("()", "('a', 'b', 'c')"),
 }
 # Free-text fields, and what each must refuse (None: any text is valid there).

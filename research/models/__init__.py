@@ -13,6 +13,8 @@ What the trainer asks of a model, and nothing else:
     with_batch_norm_axis(model, axis)  the model averaging BatchNorm statistics over a device axis
                                        (a model with BatchNorm sets the class attribute
                                        `batch_norm = True` and has a `bn_axis_name` field)
+    LAYERS[name]                       its numbered blocks and its embeddings, as regexes over
+                                       parameter paths (layer-wise learning-rate decay)
 
 Each model checks its own fields when constructed and raises a one-line ValueError, which the
 launcher reports as a config error. SMOKE_SIZES gives each model's size for the `smoke` variant.
@@ -50,6 +52,16 @@ SMOKE_SIZES: dict[str, dict[str, Any]] = {
     ),
     "vit": dict(width=32, depth=1, num_heads=2, mlp_dim=64),  # The recipe's patch size and head.
     "bert": dict(size="tiny", vocab_size=512, max_len=128),
+}
+
+# The order of a model's layers, for layer-wise learning-rate decay (research/optim.py): a regex
+# whose group 1 is a parameter's block index, and one for the embeddings below the first block.
+# Everything else (final norm, pooler, heads) sits above the last block. Encoder-decoders
+# (transformer) and convolutional nets declare none.
+LAYERS: dict[str, tuple[str, str]] = {
+    "gpt": (r"^h_(\d+)/", r"^(wte|wpe)/"),
+    "bert": (r"^layer_(\d+)/", r"^(word|segment|position)_embeddings/|^embeddings_norm/"),
+    "vit": (r"^encoderblock_(\d+)/", r"^(embedding/|cls$|pos_embedding$)"),
 }
 
 

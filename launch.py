@@ -9,6 +9,7 @@
     python launch.py lr_find --config=experiments/digits_cnn.py --workdir=runs/digits_lr_find
     python launch.py average --workdir=runs/wmt_base --last=5   # average checkpoints, evaluate
     python launch.py eval --workdir=runs/digits [--best | --step=N] [--config=experiments/x.py ...]
+    python launch.py export --workdir=runs/shakespeare --out=hf/shakespeare [--step=N]
 
 Relaunching a workdir resumes its run; if the config differs in more than how long and how often
 it logs, evaluates and saves, the launch is refused: use a fresh --workdir, or
@@ -18,7 +19,9 @@ it logs, evaluates and saves, the launch is refused: use a fresh --workdir, or
 writes them as a SLURM job array; `report` tabulates and plots finished runs.
 `lr_find` runs a learning-rate range test and suggests a learning rate (research/lr_find.py);
 `average` averages a run's last checkpoints and evaluates the average (research/average.py);
-`eval` evaluates a run's (or another source's) weights on an experiment's data (research/evaluate.py).
+`eval` evaluates a run's (or another source's) weights on an experiment's data (research/evaluate.py);
+`export` writes a run's weights as a Hugging Face checkpoint, config.json + model.safetensors, that
+`transformers` loads (GPT-2, BERT, ViT; research/pretrained.py, which also imports them).
 `launch.py sweep -h` and `launch.py report -h` list their flags.
 
 Mistakes (unknown key, wrong type, invalid value, missing file or data, a workdir that is busy or
@@ -120,6 +123,8 @@ def main(argv: list[str]) -> int:
             return average_command(argv[1:])
         if argv[:1] == ["eval"]:
             return eval_command(argv[1:])
+        if argv[:1] == ["export"]:
+            return export_command(argv[1:])
         args, overrides = parse(argv)
         config = build_config(args.config, overrides)
         from research import parallel
@@ -349,6 +354,26 @@ def eval_command(argv: list[str]) -> int:
         best=args.best,
         argv=[sys.argv[0], "eval", *argv],
     )
+    return 0
+
+
+def export_command(argv: list[str]) -> int:
+    """`launch.py export`: a run's checkpoint as a Hugging Face directory."""
+    from research import pretrained
+
+    parser = ArgumentParser(
+        prog="launch.py export",
+        description=pretrained.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--workdir", required=True, help="the run whose weights to export")
+    parser.add_argument("--out", required=True, help="a new directory for the checkpoint")
+    parser.add_argument("--step", type=int, default=None, help="the checkpoint (default: latest)")
+    args = parser.parse_args(argv)
+    if not args.workdir.strip() or not args.out.strip():
+        raise ConfigError("--workdir and --out must not be empty")
+    architecture = pretrained.export_run(args.workdir, args.out, args.step)
+    print(f"wrote {architecture} to {args.out} (config.json, model.safetensors)")
     return 0
 
 

@@ -151,8 +151,8 @@ def defaults() -> ml_collections.ConfigDict:
     )
     c.init = ml_collections.ConfigDict(
         {  # Start from another run's weights (fine-tuning): research/initialize.py.
-            "source": "",  # A run's workdir; "" = a fresh initialisation.
-            "step": 0,  # Its checkpoint; 0 = the latest.
+            "source": "",  # A run's workdir or a Hugging Face directory; "" = fresh.
+            "step": 0,  # A run's checkpoint; 0 = the latest.
             "include": "",  # Regex over parameter paths to copy; "" = all.
             "exclude": "",  # Regex of parameters to keep fresh, e.g. "^classifier/" (a new head).
         }
@@ -733,6 +733,9 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
         models.build(config.model)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"model: {e}") from None
+    from research import initialize  # Deferred: orbax, safetensors.
+
+    initialize.check_model(config.init, config.model)  # A Hugging Face source's config.json.
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,881 @@
+"""Hugging Face checkpoints in and out: GPT-2, BERT and ViT, with the logits `transformers` gives.
+
+A Hugging Face directory is `config.json` and `model.safetensors` (or shards listed in
+`model.safetensors.index.json`), read here with the safetensors package's numpy API, no torch.
+
+    from research import pretrained
+    model, variables = pretrained.load("gpt2_dir")      # our GPT, float32 parameters
+    logits = model.apply(variables, input_ids, train=False)
+    logits = model.apply(variables, input_ids, token_type_ids, train=False)        # BERT
+    logits = model.apply(variables, pixel_values.transpose(0, 2, 3, 1), train=False)  # ViT: NCHW
+
+    pretrained.export(model_config, params, "out_dir")          # back: config.json + safetensors
+    python launch.py export --workdir=runs/x --out=hf/x [--step=N]   # a run's checkpoint
+    python launch.py --config=... --config.init.source=hf/x     # fine-tune from one
+                                                                # (research/initialize.py)
+
+Classes and what they become (config.json's `architectures` picks the class):
+
+    GPT2LMHeadModel, GPT2Model        gpt   the LM head is the token embedding, tied, in both
+                                            (untied: tie_embeddings=False and lm_head)
+    BertForMaskedLM                   bert  head="mlm"; the pooler only if the file holds one
+    BertForPreTraining                bert  head="mlm_nsp"
+    BertForSequenceClassification     bert  head="classifier", num_classes = its labels
+    BertModel                         bert  head="none": (sequence output, pooled output)
+    ViTForImageClassification         vit   pool="token", num_classes = its labels
+    ViTModel                          vit   num_classes=0; its pooler is our pre_logits (Dense
+                                            + tanh on the class token), the output
+
+Every config.json field that changes the function is mapped or refused (one line naming it):
+sizes, vocabulary, positions, token types, activation (Hugging Face "gelu" is the erf form,
+our "gelu_exact"; "gelu_new" and "gelu_pytorch_tanh" are our "gelu"), LayerNorm epsilon (ViT's
+1e-12, ours 1e-6 by default: the model field `layer_norm_epsilon`), qkv biases, image and patch
+size. Dropout rates come across for fine-tuning and do not change `train=False` outputs.
+
+Tensors. Every parameter of our model is taken from the file, and every tensor in the file is
+used, or the load stops with one line naming what is missing or unknown. Our attention fuses
+q|k|v into one [D, 3D] kernel (research/models/attention.py): BERT's and ViT's separate query,
+key and value Linear weights [out, in] are transposed and concatenated; GPT-2's Conv1D weights
+are [in, out] already. Three kinds of tensor are accepted without a place in our tree: buffers
+older checkpoints saved (GPT-2's attention masks, BERT's position_ids); tied copies (GPT-2's
+lm_head, BERT's MLM decoder), checked equal to what they copy, as our models tie them; and the
+heads of another class (BERT's next-sentence head in a BertForMaskedLM file, as the released
+bert-base-uncased has), listed in a warning, as `transformers` does. A fine-tuning run that
+replaces a head excludes it (`init.exclude='^classifier/'`): it starts from its initialisation.
+
+Export writes the class our model config corresponds to (the table above, read backwards):
+tensors under the names and layouts `save_pretrained` uses, so `transformers` loads the directory
+unchanged, and `read(export(x))` is bitwise x. Layouts Hugging Face's classes cannot express
+(RMSNorm, rotary or sin-cos positions, post-norm GPT, average pooling, a ViT pre-logits layer
+under a classifier) are refused in one line. A GPT trained without biases (`use_bias=False`,
+nanoGPT's) is written with zero biases, which compute the same function: it reads back as a GPT
+with (zero) biases, or, through `init.source` into the same bias-free experiment, bitwise.
+docs/pretrained.md has the parity figures and how the fixtures were made.
+"""
+
+import dataclasses
+import json
+import logging
+import math
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from research import checkpoint, lora, models
+from research.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+
+
+# --- tensor layouts --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How one of our parameters is stored by Hugging Face: from its tensors, and back."""
+
+    to_ours: Callable[[list[np.ndarray]], np.ndarray]
+    to_hf: Callable[[np.ndarray], list[np.ndarray]]
+
+
+SAME = Layout(lambda t: t[0], lambda a: [a])
+# torch's Linear weight is [out, in], a flax kernel [in, out].
+TRANSPOSED = Layout(lambda t: t[0].T, lambda a: [a.T])
+# torch's Conv2d weight is [out, in, kh, kw], a flax Conv kernel [kh, kw, in, out].
+CONV = Layout(lambda t: t[0].transpose(2, 3, 1, 0), lambda a: [a.transpose(3, 2, 0, 1)])
+# ViT's position embeddings carry a batch axis [1, N + 1, D]; ours are [N + 1, D].
+BATCHED = Layout(lambda t: t[0][0], lambda a: [a[None]])
+# q, k, v Linear weights [D, D] each -> our fused kernel [D, 3D], columns q | k | v, each
+# head-major in both (a head's Dh output features are contiguous); biases likewise.
+QKV_KERNEL = Layout(
+    lambda t: np.concatenate([w.T for w in t], axis=1),
+    lambda a: [w.T for w in np.split(a, 3, axis=1)],
+)
+QKV_BIAS = Layout(lambda t: np.concatenate(t), lambda a: np.split(a, 3))
+QKV_PARTS = ("query", "key", "value")
+
+# Module kinds: {our leaf name: (Hugging Face leaf name, layout)}; "" is a bare parameter.
+KINDS: dict[str, dict[str, tuple[str, Layout]]] = {
+    "embed": {"embedding": ("weight", SAME)},
+    "norm": {"scale": ("weight", SAME), "bias": ("bias", SAME)},
+    "linear": {"kernel": ("weight", TRANSPOSED), "bias": ("bias", SAME)},
+    "conv1d": {"kernel": ("weight", SAME), "bias": ("bias", SAME)},  # GPT-2's Conv1D: [in, out]
+    "conv2d": {"kernel": ("weight", CONV), "bias": ("bias", SAME)},
+    "qkv": {"kernel": ("weight", QKV_KERNEL), "bias": ("bias", QKV_BIAS)},
+    "tensor": {"": ("", SAME)},
+    "batched": {"": ("", BATCHED)},
+}
+
+# Hugging Face hidden_act / activation_function <-> ours (research/models/layers.py ACTIVATIONS).
+ACTIVATIONS = {
+    "gelu": "gelu_exact",
+    "gelu_new": "gelu",
+    "gelu_pytorch_tanh": "gelu",
+    "relu": "relu",
+}
+EXPORTED_ACTIVATIONS = {"gelu_exact": "gelu", "gelu": "gelu_new", "relu": "relu"}
+
+
+# --- the three families ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """One architecture: its classes, config.json <-> our model fields, and tensor names.
+
+    `modules` rows are (our module path regex, Hugging Face module template, kind): "{base}" is
+    the base model's prefix ("transformer.", "bert.", "vit." in a class with a head, "" in the
+    bare model), "{part}" one of query/key/value, \\1 the regex's group (a layer index).
+    """
+
+    model: str  # our registry name (research/models/__init__.py)
+    model_type: str  # config.json's model_type
+    classes: dict[str, str]  # class -> the prefix of its base model's tensors
+    modules: tuple[tuple[str, str, str], ...]
+    to_fields: Callable[[dict, str, set[str]], dict]  # (config.json, class, tensor names)
+    to_config: Callable[[Any, dict[str, tuple]], tuple[str, dict]]  # (model, shapes) -> both
+    example: Callable[[Any, dict], tuple]  # (model, config.json) -> inputs for init
+    config_keys: dict[str, str]  # our field -> its config.json key, for messages
+    buffers: str = "$^"  # regex: saved buffers that are not parameters
+    tied: tuple[tuple[str, str], ...] = ()  # (a copy, what it copies)
+    heads: tuple[str, ...] = ()  # prefixes of other classes' heads: left behind, listed
+
+
+def _get(config: dict, key: str, default: Any) -> Any:
+    value = config.get(key, default)
+    return default if value is None else value
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _activation(config: dict, key: str, default: str) -> str:
+    name = _get(config, key, default)
+    _require(
+        name in ACTIVATIONS,
+        f"config.json {key}={name!r} has no counterpart here; supported: {sorted(ACTIVATIONS)}",
+    )
+    return ACTIVATIONS[name]
+
+
+def _exported_activation(model: Any) -> str:
+    _require(
+        model.activation in EXPORTED_ACTIVATIONS,
+        f"model.activation={model.activation!r} has no Hugging Face counterpart; export supports "
+        f"{sorted(EXPORTED_ACTIVATIONS)}",
+    )
+    return EXPORTED_ACTIVATIONS[model.activation]
+
+
+def _num_labels(config: dict) -> int:
+    return int(config.get("num_labels") or len(config.get("id2label") or {}) or 2)
+
+
+def _labels(n: int) -> dict[str, str]:
+    return {str(i): f"LABEL_{i}" for i in range(n)}
+
+
+# GPT-2 (Radford et al. 2019; transformers' modeling_gpt2.py). Defaults are GPT2Config's.
+def _gpt2_fields(c: dict, cls: str, names: set[str]) -> dict:
+    width = c.get("n_embd", 768)
+    inner = _get(c, "n_inner", 4 * width)
+    _require(
+        c.get("scale_attn_weights", True) and not c.get("scale_attn_by_inverse_layer_idx"),
+        "config.json scales GPT-2's attention other than by 1/sqrt(head size); not supported",
+    )
+    _require(not c.get("add_cross_attention"), "config.json: GPT-2 with cross-attention")
+    fields = dict(
+        vocab_size=c.get("vocab_size", 50257),
+        block_size=c.get("n_positions", c.get("n_ctx", 1024)),
+        num_layers=c.get("n_layer", 12),
+        num_heads=c.get("n_head", 12),
+        embed_dim=width,
+        mlp_ratio=inner / width,
+        dropout_rate=float(c.get("resid_pdrop", 0.1)),
+        use_bias=True,
+        norm="layer",
+        norm_epsilon=float(c.get("layer_norm_epsilon", 1e-5)),
+        norm_position="pre",
+        pos_emb="learned",
+        activation=_activation(c, "activation_function", "gelu_new"),
+        tie_embeddings=bool(c.get("tie_word_embeddings", True)),
+    )
+    _require(
+        int(fields["mlp_ratio"] * width) == inner,
+        f"config.json n_inner={inner} is not a whole multiple our GPT's mlp_ratio can express "
+        f"at n_embd={width}",
+    )
+    return fields
+
+
+def _gpt2_config(model: Any, shapes: dict[str, tuple]) -> tuple[str, dict]:
+    for field, want in (("norm", "layer"), ("norm_position", "pre"), ("pos_emb", "learned")):
+        _require(
+            getattr(model, field) == want,
+            f"model.{field}={getattr(model, field)!r}: Hugging Face's GPT-2 has {want!r} only; "
+            "export needs a GPT-2 layout",
+        )
+    inner = int(model.mlp_ratio * model.embed_dim)
+    return "GPT2LMHeadModel", {
+        "vocab_size": model.vocab_size,
+        "n_positions": model.block_size,
+        "n_embd": model.embed_dim,
+        "n_layer": model.num_layers,
+        "n_head": model.num_heads,
+        "n_inner": None if inner == 4 * model.embed_dim else inner,
+        "activation_function": _exported_activation(model),
+        "resid_pdrop": model.dropout_rate,
+        "embd_pdrop": model.dropout_rate,
+        "attn_pdrop": model.dropout_rate,
+        "layer_norm_epsilon": model.norm_epsilon,
+        "scale_attn_weights": True,
+        "tie_word_embeddings": model.tie_embeddings,
+    }
+
+
+GPT2 = Family(
+    model="gpt",
+    model_type="gpt2",
+    classes={"GPT2LMHeadModel": "transformer.", "GPT2Model": ""},
+    modules=(
+        ("wte", "{base}wte", "embed"),
+        ("wpe", "{base}wpe", "embed"),
+        (r"h_(\d+)/ln_(1|2)", r"{base}h.\1.ln_\2", "norm"),
+        (r"h_(\d+)/attn/qkv", r"{base}h.\1.attn.c_attn", "conv1d"),  # q | k | v, as ours
+        (r"h_(\d+)/attn/out", r"{base}h.\1.attn.c_proj", "conv1d"),
+        (r"h_(\d+)/mlp/fc", r"{base}h.\1.mlp.c_fc", "conv1d"),
+        (r"h_(\d+)/mlp/proj", r"{base}h.\1.mlp.c_proj", "conv1d"),
+        ("ln_f", "{base}ln_f", "norm"),
+        ("lm_head", "lm_head", "linear"),  # only when the embeddings are not tied
+    ),
+    to_fields=_gpt2_fields,
+    to_config=_gpt2_config,
+    example=lambda model, c: (jnp.zeros((1, 1), jnp.int32),),
+    config_keys=dict(
+        vocab_size="vocab_size",
+        block_size="n_positions",
+        num_layers="n_layer",
+        num_heads="n_head",
+        embed_dim="n_embd",
+        mlp_ratio="n_inner",
+        norm_epsilon="layer_norm_epsilon",
+        activation="activation_function",
+    ),
+    buffers=r"(transformer\.)?h\.\d+\.attn\.(masked_)?bias",  # causal masks older files saved
+    tied=(("lm_head.weight", "{base}wte.weight"),),
+)
+
+BERT_HEADS = {
+    "BertModel": "none",
+    "BertForMaskedLM": "mlm",
+    "BertForPreTraining": "mlm_nsp",
+    "BertForSequenceClassification": "classifier",
+}
+
+
+# BERT (Devlin et al. 2019; transformers' modeling_bert.py). Defaults are BertConfig's.
+def _bert_fields(c: dict, cls: str, names: set[str]) -> dict:
+    if c.get("position_embedding_type", "absolute") != "absolute":
+        raise ConfigError(
+            f"config.json position_embedding_type={c['position_embedding_type']!r}: only "
+            "absolute positions are supported"
+        )
+    _require(not c.get("is_decoder"), "config.json is_decoder=true: a causal BERT; not supported")
+    _require(
+        c.get("tie_word_embeddings", True) or BERT_HEADS[cls] in ("none", "classifier"),
+        "config.json tie_word_embeddings=false: our BERT ties the MLM decoder to the embeddings",
+    )
+    base = _base(cls, BERT, names)
+    return dict(
+        size="",
+        num_layers=c.get("num_hidden_layers", 12),
+        hidden_size=c.get("hidden_size", 768),
+        num_heads=c.get("num_attention_heads", 12),
+        mlp_dim=c.get("intermediate_size", 3072),
+        vocab_size=c.get("vocab_size", 30522),
+        max_len=c.get("max_position_embeddings", 512),
+        type_vocab_size=c.get("type_vocab_size", 2),
+        dropout_rate=float(c.get("hidden_dropout_prob", 0.1)),
+        attention_dropout_rate=float(c.get("attention_probs_dropout_prob", 0.1)),
+        head=BERT_HEADS[cls],
+        num_classes=_num_labels(c) if cls == "BertForSequenceClassification" else 2,
+        # Our BERT attends to every token but pad_id; transformers to its attention_mask, which
+        # tokenizers set from the same pad token.
+        pad_id=_get(c, "pad_token_id", 0),
+        activation=_activation(c, "hidden_act", "gelu"),
+        layer_norm_epsilon=float(c.get("layer_norm_eps", 1e-12)),
+        pooler=f"{base}pooler.dense.weight" in names,
+    )
+
+
+def _bert_config(model: Any, shapes: dict[str, tuple]) -> tuple[str, dict]:
+    sizes = model.sizes
+    classes = {head: cls for cls, head in BERT_HEADS.items()}
+    config = {
+        "vocab_size": model.vocab_size,
+        "hidden_size": sizes["hidden_size"],
+        "num_hidden_layers": sizes["num_layers"],
+        "num_attention_heads": sizes["num_heads"],
+        "intermediate_size": sizes["mlp_dim"],
+        "hidden_act": _exported_activation(model),
+        "hidden_dropout_prob": model.dropout_rate,
+        "attention_probs_dropout_prob": model.attention_dropout_rate,
+        "max_position_embeddings": model.max_len,
+        "type_vocab_size": model.type_vocab_size,
+        "layer_norm_eps": model.layer_norm_epsilon,
+        "pad_token_id": model.pad_id,
+        "position_embedding_type": "absolute",
+        "tie_word_embeddings": True,
+    }
+    if model.head == "classifier":
+        config["id2label"] = _labels(model.num_classes)
+    return classes[model.head], config
+
+
+BERT = Family(
+    model="bert",
+    model_type="bert",
+    classes={cls: "" if cls == "BertModel" else "bert." for cls in BERT_HEADS},
+    modules=(
+        ("word_embeddings", "{base}embeddings.word_embeddings", "embed"),
+        ("segment_embeddings", "{base}embeddings.token_type_embeddings", "embed"),
+        ("position_embeddings", "{base}embeddings.position_embeddings", "embed"),
+        ("embeddings_norm", "{base}embeddings.LayerNorm", "norm"),
+        (r"layer_(\d+)/attn/qkv", r"{base}encoder.layer.\1.attention.self.{part}", "qkv"),
+        (r"layer_(\d+)/attn/out", r"{base}encoder.layer.\1.attention.output.dense", "linear"),
+        (r"layer_(\d+)/ln_1", r"{base}encoder.layer.\1.attention.output.LayerNorm", "norm"),
+        (r"layer_(\d+)/mlp/fc", r"{base}encoder.layer.\1.intermediate.dense", "linear"),
+        (r"layer_(\d+)/mlp/proj", r"{base}encoder.layer.\1.output.dense", "linear"),
+        (r"layer_(\d+)/ln_2", r"{base}encoder.layer.\1.output.LayerNorm", "norm"),
+        ("pooler", "{base}pooler.dense", "linear"),
+        ("classifier", "classifier", "linear"),
+        ("mlm_transform", "cls.predictions.transform.dense", "linear"),
+        ("mlm_norm", "cls.predictions.transform.LayerNorm", "norm"),
+        ("mlm_bias", "cls.predictions.bias", "tensor"),
+        ("nsp", "cls.seq_relationship", "linear"),
+    ),
+    to_fields=_bert_fields,
+    to_config=_bert_config,
+    example=lambda model, c: (jnp.zeros((1, 1), jnp.int32),),
+    config_keys=dict(
+        num_layers="num_hidden_layers",
+        hidden_size="hidden_size",
+        num_heads="num_attention_heads",
+        mlp_dim="intermediate_size",
+        vocab_size="vocab_size",
+        max_len="max_position_embeddings",
+        type_vocab_size="type_vocab_size",
+        activation="hidden_act",
+        layer_norm_epsilon="layer_norm_eps",
+    ),
+    buffers=r"(bert\.)?embeddings\.(position_ids|token_type_ids)",
+    tied=(
+        ("cls.predictions.decoder.weight", "{base}embeddings.word_embeddings.weight"),
+        ("cls.predictions.decoder.bias", "cls.predictions.bias"),
+    ),
+    heads=("cls.", "classifier.", "{base}pooler."),
+)
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+# ViT (Dosovitskiy et al. 2021; transformers' modeling_vit.py). Defaults are ViTConfig's.
+def _vit_fields(c: dict, cls: str, names: set[str]) -> dict:
+    patch = _pair(c.get("patch_size", 16))
+    _require(patch[0] == patch[1], f"config.json patch_size={list(patch)}: square patches only")
+    _require(c.get("qkv_bias", True), "config.json qkv_bias=false: our attention has q|k|v biases")
+    width = c.get("hidden_size", 768)
+    pooler = cls == "ViTModel" and f"{_base(cls, VIT, names)}pooler.dense.weight" in names
+    if pooler:
+        _require(
+            c.get("pooler_act", "tanh") == "tanh",
+            f"config.json pooler_act={c.get('pooler_act')!r}: our pre-logits layer is tanh",
+        )
+    return dict(
+        num_classes=_num_labels(c) if cls == "ViTForImageClassification" else 0,
+        variant="",
+        width=width,
+        depth=c.get("num_hidden_layers", 12),
+        num_heads=c.get("num_attention_heads", 12),
+        mlp_dim=c.get("intermediate_size", 3072),
+        patch_size=patch[0],
+        pool="token",
+        pos_emb="learned",
+        representation_size=_get(c, "pooler_output_size", width) if pooler else 0,
+        dropout_rate=float(c.get("hidden_dropout_prob", 0.0)),
+        attention_dropout_rate=float(c.get("attention_probs_dropout_prob", 0.0)),
+        activation=_activation(c, "hidden_act", "gelu"),
+        layer_norm_epsilon=float(c.get("layer_norm_eps", 1e-12)),
+    )
+
+
+def _vit_config(model: Any, shapes: dict[str, tuple]) -> tuple[str, dict]:
+    for field, want in (("pool", "token"), ("pos_emb", "learned")):
+        _require(
+            getattr(model, field) == want,
+            f"model.{field}={getattr(model, field)!r}: Hugging Face's ViT has {want!r} only",
+        )
+    _require(
+        not (model.num_classes and model.representation_size),
+        "model.representation_size: Hugging Face's ViTForImageClassification has no pre-logits "
+        "layer under its classifier; export a ViT without one",
+    )
+    s = model.sizes
+    config = {
+        "hidden_size": s["width"],
+        "num_hidden_layers": s["depth"],
+        "num_attention_heads": s["num_heads"],
+        "intermediate_size": s["mlp_dim"],
+        "patch_size": s["patch_size"],
+        "num_channels": shapes["embedding/kernel"][2],
+        "hidden_act": _exported_activation(model),
+        "hidden_dropout_prob": model.dropout_rate,
+        "attention_probs_dropout_prob": model.attention_dropout_rate,
+        "layer_norm_eps": model.layer_norm_epsilon,
+        "qkv_bias": True,
+    }
+    if model.representation_size:
+        config |= {"pooler_output_size": model.representation_size, "pooler_act": "tanh"}
+    if model.num_classes:
+        config["id2label"] = _labels(model.num_classes)
+    return "ViTForImageClassification" if model.num_classes else "ViTModel", config
+
+
+def _vit_example(model: Any, c: dict) -> tuple:
+    height, width = _pair(c.get("image_size", 224))
+    return (jnp.zeros((1, height, width, c.get("num_channels", 3)), jnp.float32),)
+
+
+VIT = Family(
+    model="vit",
+    model_type="vit",
+    classes={"ViTModel": "", "ViTForImageClassification": "vit."},
+    modules=(
+        ("embedding", "{base}embeddings.patch_embeddings.projection", "conv2d"),
+        ("cls", "{base}embeddings.cls_token", "tensor"),
+        ("pos_embedding", "{base}embeddings.position_embeddings", "batched"),
+        (r"encoderblock_(\d+)/ln_1", r"{base}encoder.layer.\1.layernorm_before", "norm"),
+        (
+            r"encoderblock_(\d+)/attn/qkv",
+            r"{base}encoder.layer.\1.attention.attention.{part}",
+            "qkv",
+        ),
+        (
+            r"encoderblock_(\d+)/attn/out",
+            r"{base}encoder.layer.\1.attention.output.dense",
+            "linear",
+        ),
+        (r"encoderblock_(\d+)/ln_2", r"{base}encoder.layer.\1.layernorm_after", "norm"),
+        (r"encoderblock_(\d+)/mlp/fc", r"{base}encoder.layer.\1.intermediate.dense", "linear"),
+        (r"encoderblock_(\d+)/mlp/proj", r"{base}encoder.layer.\1.output.dense", "linear"),
+        ("encoder_norm", "{base}layernorm", "norm"),
+        ("pre_logits", "{base}pooler.dense", "linear"),  # ViTModel's pooler: Dense + tanh
+        ("head", "classifier", "linear"),
+    ),
+    to_fields=_vit_fields,
+    to_config=_vit_config,
+    example=_vit_example,
+    config_keys=dict(
+        width="hidden_size",
+        depth="num_hidden_layers",
+        num_heads="num_attention_heads",
+        mlp_dim="intermediate_size",
+        patch_size="patch_size",
+        activation="hidden_act",
+        layer_norm_epsilon="layer_norm_eps",
+    ),
+    heads=("classifier.", "{base}pooler."),
+)
+
+FAMILIES = {f.model: f for f in (GPT2, BERT, VIT)}  # by our model name
+CLASSES = {cls: f for f in FAMILIES.values() for cls in f.classes}
+
+
+def _base(cls: str, family: Family, names: set[str]) -> str:
+    """The base-model prefix of `cls` if the file uses it (the released gpt2 omits it)."""
+    prefix = family.classes[cls]
+    return prefix if any(n.startswith(prefix) for n in names) else ""
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def is_directory(path: str | Path) -> bool:
+    """Whether `path` is a Hugging Face checkpoint directory (config.json + safetensors)."""
+    path = Path(path)
+    return (path / CONFIG).is_file() and ((path / WEIGHTS).is_file() or (path / INDEX).is_file())
+
+
+def read_config(directory: str | Path) -> dict:
+    """config.json of a Hugging Face directory (a one-line error if there is none)."""
+    path = Path(directory) / CONFIG
+    if not path.is_file():
+        raise ConfigError(f"{directory} has no {CONFIG}; give a Hugging Face model directory")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON ({e})") from None
+    _require(isinstance(config, dict), f"{path} is not a model config")
+    return config
+
+
+def _files(directory: Path) -> list[Path]:
+    """The safetensors files of a directory: model.safetensors, or the shards its index lists."""
+    if (directory / WEIGHTS).is_file():
+        return [directory / WEIGHTS]
+    if (directory / INDEX).is_file():
+        index = json.loads((directory / INDEX).read_text())
+        files = [directory / f for f in sorted(set(index["weight_map"].values()))]
+        for path in files:
+            _require(path.is_file(), f"{path} is listed in {INDEX} but missing")
+        return files
+    bins = sorted(p.name for p in directory.glob("*.bin")) if directory.is_dir() else []
+    hint = f" (it has {', '.join(bins)}: save it again with safe_serialization=True)"
+    raise ConfigError(f"{directory} has neither {WEIGHTS} nor {INDEX}" + (hint if bins else ""))
+
+
+def _renamed(name: str) -> str:
+    """Old TensorFlow-converted names (LayerNorm gamma/beta) as transformers reads them."""
+    return re.sub(
+        r"LayerNorm\.beta$",
+        "LayerNorm.bias",
+        re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", name),
+    )
+
+
+def read_tensors(directory: str | Path) -> dict[str, np.ndarray]:
+    """{name: array} of model.safetensors, or of every shard model.safetensors.index.json lists."""
+    from safetensors.numpy import load_file
+
+    tensors = {}
+    for path in _files(Path(directory)):
+        try:
+            loaded = load_file(path)
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types.
+            raise ConfigError(f"{path} cannot be read as safetensors ({e})") from None
+        tensors |= {_renamed(name): array for name, array in loaded.items()}
+    return tensors
+
+
+def tensor_names(directory: str | Path) -> set[str]:
+    """The tensor names of a directory, from the file headers only (nothing loaded)."""
+    from safetensors import safe_open
+
+    names = set()
+    for path in _files(Path(directory)):
+        try:
+            with safe_open(path, framework="np") as f:
+                names |= {_renamed(name) for name in f.keys()}  # noqa: SIM118 - not a dict
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types.
+            raise ConfigError(f"{path} cannot be read as safetensors ({e})") from None
+    return names
+
+
+def model_config(directory: str | Path, names: set[str] | None = None) -> tuple[dict, str]:
+    """(our model config, the Hugging Face class) a directory's config.json describes."""
+    hf_config = read_config(directory)
+    family, cls = family_of(hf_config, directory)
+    names = tensor_names(directory) if names is None else names
+    fields = family.to_fields(hf_config, cls, names)
+    return {"name": family.model} | models.arguments(family.model) | fields, cls
+
+
+def family_of(config: dict, where: Any) -> tuple[Family, str]:
+    """(family, class) named by config.json's `architectures`."""
+    classes = config.get("architectures") or []
+    known = [c for c in classes if c in CLASSES]
+    if not known:
+        raise ConfigError(
+            f"{where}: config.json architectures={classes} names none of the classes this "
+            f"imports: {sorted(CLASSES)}"
+        )
+    return CLASSES[known[0]], known[0]
+
+
+def _names(family: Family, shapes: dict[str, tuple], base: str) -> dict[str, tuple]:
+    """{our parameter path: (Hugging Face tensor names, layout)} for the model's parameters."""
+    out = {}
+    for path in shapes:
+        module, _, leaf = path.rpartition("/") if "/" in path else (path, "", "")
+        rows = ((re.fullmatch(p, module), t, k) for p, t, k in family.modules)
+        # Every parameter of our model has a row: a missing one is a bug here, not the user's.
+        match, template, kind = next(row for row in rows if row[0])
+        hf_leaf, layout = KINDS[kind][leaf]
+        parts = QKV_PARTS if kind == "qkv" else ("",)
+        names = tuple(
+            match.expand(template.format(base=base, part=part)) + (f".{hf_leaf}" if hf_leaf else "")
+            for part in parts
+        )
+        out[path] = (names, layout)
+    return out
+
+
+def _param_shapes(model: Any, inputs: tuple) -> dict[str, tuple]:
+    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs, train=False))
+    flat = traverse_util.flatten_dict(abstract["params"], sep="/")
+    return {path: tuple(leaf.shape) for path, leaf in flat.items()}
+
+
+def _listed(names: list[str], limit: int = 6) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+    """An imported checkpoint: our model config, its parameters, and what came from where."""
+
+    model_config: dict  # a `model` config section: {"name": "gpt", ...every field}
+    params: dict  # the parameter tree, float32 numpy arrays
+    architecture: str  # the Hugging Face class
+    hf_config: dict  # config.json as read
+    unused: tuple[str, ...]  # tensors of another class's head, left behind
+
+    def build(self):
+        """The flax module."""
+        return models.build(self.model_config)
+
+
+def read(directory: str | Path) -> Pretrained:
+    """Import a Hugging Face directory: our model config and every parameter (see the docstring)."""
+    directory = Path(directory)
+    hf_config = read_config(directory)
+    family, _ = family_of(hf_config, directory)
+    tensors = read_tensors(directory)
+    names = set(tensors)
+    config, cls = model_config(directory, names)
+    try:
+        model = models.build(config)
+    except ValueError as e:
+        raise ConfigError(f"{directory}: {e}") from None
+    shapes = _param_shapes(model, family.example(model, hf_config))
+    base = _base(cls, family, names)
+
+    flat, used, missing = {}, set(), []
+    for path, (hf_names, layout) in _names(family, shapes, base).items():
+        absent = [n for n in hf_names if n not in tensors]
+        if absent:
+            missing += absent
+            continue
+        used.update(hf_names)
+        value = layout.to_ours([tensors[n] for n in hf_names])
+        if value.shape != shapes[path]:
+            raise ConfigError(
+                f"{directory}: {' + '.join(hf_names)} {[tensors[n].shape for n in hf_names]} "
+                f"gives {value.shape} for {path}, but config.json implies {shapes[path]}"
+            )
+        if not np.issubdtype(value.dtype, np.floating):
+            raise ConfigError(f"{directory}: {hf_names[0]} is {value.dtype}, not floating point")
+        flat[path] = np.ascontiguousarray(value, dtype=np.float32)
+    if missing:
+        raise ConfigError(f"{directory}: {cls} tensors missing from the file: {_listed(missing)}")
+
+    copies = {copy.format(base=base): source.format(base=base) for copy, source in family.tied}
+    heads = tuple(h.format(base=base) for h in family.heads)
+    unused, unknown = [], []
+    for name in sorted(names - used):
+        if re.fullmatch(family.buffers, name):
+            continue
+        if name in copies and copies[name] in tensors:
+            _require(
+                np.array_equal(tensors[name], tensors[copies[name]]),
+                f"{directory}: {name} differs from {copies[name]}; our model ties them",
+            )
+        elif name.startswith(heads):
+            unused.append(name)
+        else:
+            unknown.append(name)
+    if unknown:
+        raise ConfigError(
+            f"{directory}: tensors with no place in our {family.model} ({cls}): {_listed(unknown)}"
+        )
+    params = traverse_util.unflatten_dict(flat, sep="/")
+    return Pretrained(config, params, cls, hf_config, tuple(unused))
+
+
+def load(directory: str | Path) -> tuple[Any, dict]:
+    """(model, variables) of a Hugging Face directory, for `model.apply(variables, ..., train=False)`.
+
+    Inputs as transformers takes them, except ViT's images, NHWC here: `pixel_values.transpose(0,
+    2, 3, 1)`. BERT attends to every token but `model.pad_id` (transformers: to attention_mask).
+    """
+    imported = read(directory)
+    if imported.unused:
+        log.warning(
+            "%s: not used by %s (another class's head): %s",
+            directory,
+            imported.architecture,
+            _listed(list(imported.unused)),
+        )
+    return imported.build(), {"params": imported.params}
+
+
+def flat_params(imported: Pretrained) -> dict[str, np.ndarray]:
+    """{"h_0/attn/qkv/kernel": array} of an import (research/initialize.py's naming)."""
+    return traverse_util.flatten_dict(imported.params, sep="/")
+
+
+def disagreement(directory: str | Path, experiment_model: Mapping[str, Any]) -> str:
+    """ "" if the experiment's model computes what a directory's config.json describes; else one
+    line naming the first field that differs. Heads aside (fine-tuning replaces them), and biases
+    (research/initialize.py checks those it drops are zero)."""
+    ours = dict(experiment_model)
+    theirs, cls = model_config(directory)
+    family = FAMILIES[theirs["name"]]
+    if ours.get("name") != theirs["name"]:
+        return (
+            f"it holds a {theirs['name']!r} model ({cls}), the experiment "
+            f"model.name={ours.get('name')!r}"
+        )
+    a, b = models.build(theirs), models.build(ours)
+    for field, key in family.config_keys.items():
+        if _resolved(a, field) != _resolved(b, field):
+            shown = getattr(b, field) if field == "mlp_ratio" else _resolved(b, field)
+            return (
+                f"its config.json {key} gives model.{field}={theirs[field]!r}, the experiment "
+                f"has {shown!r}; set --config.model.{field}={theirs[field]!r}"
+            )
+    return ""
+
+
+def _resolved(model: Any, field: str) -> Any:
+    """A field's effective value: sizes decoded from `size`/`variant`; GPT's MLP width."""
+    if field == "mlp_ratio":
+        return int(model.mlp_ratio * model.embed_dim)
+    sizes = getattr(model, "sizes", {})
+    return sizes[field] if field in sizes else getattr(model, field)
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+
+def to_hf(
+    model_config: Mapping[str, Any], params: Any, *, image_size: Any = None
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """(config.json, {tensor name: array}) of our model and parameters: what `export` writes.
+
+    `image_size` (ViT): [height, width] or one side; default: the square the position
+    embeddings imply.
+    """
+    model_config = dict(model_config)
+    name = model_config.get("name")
+    _require(
+        name in FAMILIES,
+        f"model.name={name!r}: export covers {sorted(FAMILIES)} (Hugging Face GPT-2, BERT, ViT)",
+    )
+    family = FAMILIES[name]
+    model = models.build(model_config)
+    flat = {
+        path: np.asarray(value)
+        for path, value in traverse_util.flatten_dict(_plain(params), sep="/").items()
+    }
+    shapes = {path: value.shape for path, value in flat.items()}
+    cls, config = family.to_config(model, shapes)
+    if family is VIT:
+        config["image_size"] = _image_size(model, shapes, image_size)
+    hf_config = {"architectures": [cls], "model_type": family.model_type} | config
+    # Hugging Face's GPT-2 always has biases: a bias-free GPT's are written as zeros.
+    full = model.clone(use_bias=True) if family is GPT2 else model
+    full_shapes = _param_shapes(full, family.example(full, hf_config))
+    tensors = {}
+    for path, (hf_names, layout) in _names(family, full_shapes, family.classes[cls]).items():
+        if path in flat:
+            _require(
+                flat[path].shape == full_shapes[path],
+                f"parameter {path} is {flat[path].shape}, the model config implies "
+                f"{full_shapes[path]}; export the config the parameters were trained with",
+            )
+            value = flat[path]
+        else:
+            assert path.endswith("/bias"), path  # Only a bias-free GPT lacks parameters HF has.
+            value = np.zeros(full_shapes[path], np.float32)
+        for hf_name, array in zip(hf_names, layout.to_hf(value), strict=True):
+            tensors[hf_name] = np.ascontiguousarray(array, dtype=np.float32)
+    left = sorted(set(flat) - set(full_shapes))
+    assert not left, f"parameters with no Hugging Face name: {left}"
+    return hf_config, tensors
+
+
+def _plain(params: Any) -> Any:
+    return jax.tree.map(np.asarray, jax.device_get(params))
+
+
+def _image_size(model: Any, shapes: dict, image_size: Any) -> Any:
+    patch = model.sizes["patch_size"]
+    tokens = shapes["pos_embedding"][0] - 1  # the class token has a position too
+    if image_size is not None:
+        height, width = _pair(image_size)
+        _require(
+            (height // patch) * (width // patch) == tokens,
+            f"image_size {height}x{width} gives {(height // patch) * (width // patch)} patches of "
+            f"{patch}, the position embeddings {tokens}",
+        )
+    else:
+        side = math.isqrt(tokens)
+        _require(
+            side * side == tokens,
+            f"{tokens} patch positions is no square grid; give the image size (image_size=)",
+        )
+        height = width = side * patch
+    return height if height == width else [height, width]
+
+
+def export(
+    model_config: Mapping[str, Any], params: Any, out: str | Path, *, image_size: Any = None
+) -> str:
+    """Write config.json + model.safetensors into `out` (created; must hold no checkpoint yet);
+    returns the Hugging Face class written."""
+    from safetensors.numpy import save_file
+
+    out = Path(out)
+    _require(
+        not (out / CONFIG).exists() and not (out / WEIGHTS).exists(),
+        f"{out} already holds a checkpoint; give a new --out directory",
+    )
+    hf_config, tensors = to_hf(model_config, params, image_size=image_size)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, out / WEIGHTS, metadata={"format": "pt"})  # transformers checks "format"
+    (out / CONFIG).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+    return hf_config["architectures"][0]
+
+
+def export_run(workdir: str | Path, out: str | Path, step: int | None = None) -> str:
+    """`launch.py export`: a run's checkpoint (`step`, default the latest) as a Hugging Face
+    directory. The evaluated weights are written: the EMA ones when the run kept an EMA, and a
+    LoRA run's adapters folded into the base weights (research/lora.py `merge`)."""
+    workdir, out = Path(workdir), Path(out)
+    path = workdir / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{workdir} has no config.json; pass the --workdir of a training run")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise ConfigError(f"{path} is not valid JSON; is {workdir} a training run?") from None
+    steps = checkpoint.all_steps(workdir / "checkpoints")
+    if not steps:
+        raise ConfigError(f"{workdir} has no checkpoint; train first, or wait for the first save")
+    if step is not None and step not in steps:
+        raise ConfigError(f"--step={step} is not a checkpoint of {workdir}; it has {steps}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"--out={out} exists and is not an empty directory; give a new one")
+    _, state = checkpoint.restore_state(workdir / "checkpoints", step)
+    ema = config.get("optimizer", {}).get("ema_decay", 0) > 0
+    params = state["ema_params" if ema else "params"]
+    if "lora" in config:  # A tree without adapters comes back as it was.
+        params = lora.merge(params, config["lora"]["alpha"])
+    image_size = config.get("data", {}).get("image_size") or None
+    return export(config["model"], params, out, image_size=image_size)

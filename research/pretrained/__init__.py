@@ -50,6 +50,7 @@ unchanged, and `read(export(x))` is bitwise x. Layouts Hugging Face's classes ca
 under a classifier) are refused in one line. A GPT trained without biases (`use_bias=False`,
 nanoGPT's) is written with zero biases, which compute the same function: it reads back as a GPT
 with (zero) biases, or, through `init.source` into the same bias-free experiment, bitwise.
+The architectures themselves, config fields and tensor names, are tables in families.py;
 docs/pretrained.md has the parity figures and how the fixtures were made.
 """
 
@@ -58,457 +59,34 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
 from research import checkpoint, lora, models
 from research.errors import ConfigError
+from research.pretrained.families import (
+    CLASSES,
+    FAMILIES,
+    GPT2,
+    KINDS,
+    QKV_PARTS,
+    VIT,
+    Family,
+    base_prefix,
+    pair,
+    require,
+)
 
 log = logging.getLogger(__name__)
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
-
-
-# --- tensor layouts --------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Layout:
-    """How one of our parameters is stored by Hugging Face: from its tensors, and back."""
-
-    to_ours: Callable[[list[np.ndarray]], np.ndarray]
-    to_hf: Callable[[np.ndarray], list[np.ndarray]]
-
-
-SAME = Layout(lambda t: t[0], lambda a: [a])
-# torch's Linear weight is [out, in], a flax kernel [in, out].
-TRANSPOSED = Layout(lambda t: t[0].T, lambda a: [a.T])
-# torch's Conv2d weight is [out, in, kh, kw], a flax Conv kernel [kh, kw, in, out].
-CONV = Layout(lambda t: t[0].transpose(2, 3, 1, 0), lambda a: [a.transpose(3, 2, 0, 1)])
-# ViT's position embeddings carry a batch axis [1, N + 1, D]; ours are [N + 1, D].
-BATCHED = Layout(lambda t: t[0][0], lambda a: [a[None]])
-# q, k, v Linear weights [D, D] each -> our fused kernel [D, 3D], columns q | k | v, each
-# head-major in both (a head's Dh output features are contiguous); biases likewise.
-QKV_KERNEL = Layout(
-    lambda t: np.concatenate([w.T for w in t], axis=1),
-    lambda a: [w.T for w in np.split(a, 3, axis=1)],
-)
-QKV_BIAS = Layout(lambda t: np.concatenate(t), lambda a: np.split(a, 3))
-QKV_PARTS = ("query", "key", "value")
-
-# Module kinds: {our leaf name: (Hugging Face leaf name, layout)}; "" is a bare parameter.
-KINDS: dict[str, dict[str, tuple[str, Layout]]] = {
-    "embed": {"embedding": ("weight", SAME)},
-    "norm": {"scale": ("weight", SAME), "bias": ("bias", SAME)},
-    "linear": {"kernel": ("weight", TRANSPOSED), "bias": ("bias", SAME)},
-    "conv1d": {"kernel": ("weight", SAME), "bias": ("bias", SAME)},  # GPT-2's Conv1D: [in, out]
-    "conv2d": {"kernel": ("weight", CONV), "bias": ("bias", SAME)},
-    "qkv": {"kernel": ("weight", QKV_KERNEL), "bias": ("bias", QKV_BIAS)},
-    "tensor": {"": ("", SAME)},
-    "batched": {"": ("", BATCHED)},
-}
-
-# Hugging Face hidden_act / activation_function <-> ours (research/models/layers.py ACTIVATIONS).
-ACTIVATIONS = {
-    "gelu": "gelu_exact",
-    "gelu_new": "gelu",
-    "gelu_pytorch_tanh": "gelu",
-    "relu": "relu",
-}
-EXPORTED_ACTIVATIONS = {"gelu_exact": "gelu", "gelu": "gelu_new", "relu": "relu"}
-
-
-# --- the three families ----------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Family:
-    """One architecture: its classes, config.json <-> our model fields, and tensor names.
-
-    `modules` rows are (our module path regex, Hugging Face module template, kind): "{base}" is
-    the base model's prefix ("transformer.", "bert.", "vit." in a class with a head, "" in the
-    bare model), "{part}" one of query/key/value, \\1 the regex's group (a layer index).
-    """
-
-    model: str  # our registry name (research/models/__init__.py)
-    model_type: str  # config.json's model_type
-    classes: dict[str, str]  # class -> the prefix of its base model's tensors
-    modules: tuple[tuple[str, str, str], ...]
-    to_fields: Callable[[dict, str, set[str]], dict]  # (config.json, class, tensor names)
-    to_config: Callable[[Any, dict[str, tuple]], tuple[str, dict]]  # (model, shapes) -> both
-    example: Callable[[Any, dict], tuple]  # (model, config.json) -> inputs for init
-    config_keys: dict[str, str]  # our field -> its config.json key, for messages
-    buffers: str = "$^"  # regex: saved buffers that are not parameters
-    tied: tuple[tuple[str, str], ...] = ()  # (a copy, what it copies)
-    heads: tuple[str, ...] = ()  # prefixes of other classes' heads: left behind, listed
-
-
-def _get(config: dict, key: str, default: Any) -> Any:
-    value = config.get(key, default)
-    return default if value is None else value
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
-
-
-def _activation(config: dict, key: str, default: str) -> str:
-    name = _get(config, key, default)
-    _require(
-        name in ACTIVATIONS,
-        f"config.json {key}={name!r} has no counterpart here; supported: {sorted(ACTIVATIONS)}",
-    )
-    return ACTIVATIONS[name]
-
-
-def _exported_activation(model: Any) -> str:
-    _require(
-        model.activation in EXPORTED_ACTIVATIONS,
-        f"model.activation={model.activation!r} has no Hugging Face counterpart; export supports "
-        f"{sorted(EXPORTED_ACTIVATIONS)}",
-    )
-    return EXPORTED_ACTIVATIONS[model.activation]
-
-
-def _num_labels(config: dict) -> int:
-    return int(config.get("num_labels") or len(config.get("id2label") or {}) or 2)
-
-
-def _labels(n: int) -> dict[str, str]:
-    return {str(i): f"LABEL_{i}" for i in range(n)}
-
-
-# GPT-2 (Radford et al. 2019; transformers' modeling_gpt2.py). Defaults are GPT2Config's.
-def _gpt2_fields(c: dict, cls: str, names: set[str]) -> dict:
-    width = c.get("n_embd", 768)
-    inner = _get(c, "n_inner", 4 * width)
-    _require(
-        c.get("scale_attn_weights", True) and not c.get("scale_attn_by_inverse_layer_idx"),
-        "config.json scales GPT-2's attention other than by 1/sqrt(head size); not supported",
-    )
-    _require(not c.get("add_cross_attention"), "config.json: GPT-2 with cross-attention")
-    fields = dict(
-        vocab_size=c.get("vocab_size", 50257),
-        block_size=c.get("n_positions", c.get("n_ctx", 1024)),
-        num_layers=c.get("n_layer", 12),
-        num_heads=c.get("n_head", 12),
-        embed_dim=width,
-        mlp_ratio=inner / width,
-        dropout_rate=float(c.get("resid_pdrop", 0.1)),
-        use_bias=True,
-        norm="layer",
-        norm_epsilon=float(c.get("layer_norm_epsilon", 1e-5)),
-        norm_position="pre",
-        pos_emb="learned",
-        activation=_activation(c, "activation_function", "gelu_new"),
-        tie_embeddings=bool(c.get("tie_word_embeddings", True)),
-    )
-    _require(
-        int(fields["mlp_ratio"] * width) == inner,
-        f"config.json n_inner={inner} is not a whole multiple our GPT's mlp_ratio can express "
-        f"at n_embd={width}",
-    )
-    return fields
-
-
-def _gpt2_config(model: Any, shapes: dict[str, tuple]) -> tuple[str, dict]:
-    for field, want in (("norm", "layer"), ("norm_position", "pre"), ("pos_emb", "learned")):
-        _require(
-            getattr(model, field) == want,
-            f"model.{field}={getattr(model, field)!r}: Hugging Face's GPT-2 has {want!r} only; "
-            "export needs a GPT-2 layout",
-        )
-    inner = int(model.mlp_ratio * model.embed_dim)
-    return "GPT2LMHeadModel", {
-        "vocab_size": model.vocab_size,
-        "n_positions": model.block_size,
-        "n_embd": model.embed_dim,
-        "n_layer": model.num_layers,
-        "n_head": model.num_heads,
-        "n_inner": None if inner == 4 * model.embed_dim else inner,
-        "activation_function": _exported_activation(model),
-        "resid_pdrop": model.dropout_rate,
-        "embd_pdrop": model.dropout_rate,
-        "attn_pdrop": model.dropout_rate,
-        "layer_norm_epsilon": model.norm_epsilon,
-        "scale_attn_weights": True,
-        "tie_word_embeddings": model.tie_embeddings,
-    }
-
-
-GPT2 = Family(
-    model="gpt",
-    model_type="gpt2",
-    classes={"GPT2LMHeadModel": "transformer.", "GPT2Model": ""},
-    modules=(
-        ("wte", "{base}wte", "embed"),
-        ("wpe", "{base}wpe", "embed"),
-        (r"h_(\d+)/ln_(1|2)", r"{base}h.\1.ln_\2", "norm"),
-        (r"h_(\d+)/attn/qkv", r"{base}h.\1.attn.c_attn", "conv1d"),  # q | k | v, as ours
-        (r"h_(\d+)/attn/out", r"{base}h.\1.attn.c_proj", "conv1d"),
-        (r"h_(\d+)/mlp/fc", r"{base}h.\1.mlp.c_fc", "conv1d"),
-        (r"h_(\d+)/mlp/proj", r"{base}h.\1.mlp.c_proj", "conv1d"),
-        ("ln_f", "{base}ln_f", "norm"),
-        ("lm_head", "lm_head", "linear"),  # only when the embeddings are not tied
-    ),
-    to_fields=_gpt2_fields,
-    to_config=_gpt2_config,
-    example=lambda model, c: (jnp.zeros((1, 1), jnp.int32),),
-    config_keys=dict(
-        vocab_size="vocab_size",
-        block_size="n_positions",
-        num_layers="n_layer",
-        num_heads="n_head",
-        embed_dim="n_embd",
-        mlp_ratio="n_inner",
-        norm_epsilon="layer_norm_epsilon",
-        activation="activation_function",
-    ),
-    buffers=r"(transformer\.)?h\.\d+\.attn\.(masked_)?bias",  # causal masks older files saved
-    tied=(("lm_head.weight", "{base}wte.weight"),),
-)
-
-BERT_HEADS = {
-    "BertModel": "none",
-    "BertForMaskedLM": "mlm",
-    "BertForPreTraining": "mlm_nsp",
-    "BertForSequenceClassification": "classifier",
-}
-
-
-# BERT (Devlin et al. 2019; transformers' modeling_bert.py). Defaults are BertConfig's.
-def _bert_fields(c: dict, cls: str, names: set[str]) -> dict:
-    if c.get("position_embedding_type", "absolute") != "absolute":
-        raise ConfigError(
-            f"config.json position_embedding_type={c['position_embedding_type']!r}: only "
-            "absolute positions are supported"
-        )
-    _require(not c.get("is_decoder"), "config.json is_decoder=true: a causal BERT; not supported")
-    _require(
-        c.get("tie_word_embeddings", True) or BERT_HEADS[cls] in ("none", "classifier"),
-        "config.json tie_word_embeddings=false: our BERT ties the MLM decoder to the embeddings",
-    )
-    base = _base(cls, BERT, names)
-    return dict(
-        size="",
-        num_layers=c.get("num_hidden_layers", 12),
-        hidden_size=c.get("hidden_size", 768),
-        num_heads=c.get("num_attention_heads", 12),
-        mlp_dim=c.get("intermediate_size", 3072),
-        vocab_size=c.get("vocab_size", 30522),
-        max_len=c.get("max_position_embeddings", 512),
-        type_vocab_size=c.get("type_vocab_size", 2),
-        dropout_rate=float(c.get("hidden_dropout_prob", 0.1)),
-        attention_dropout_rate=float(c.get("attention_probs_dropout_prob", 0.1)),
-        head=BERT_HEADS[cls],
-        num_classes=_num_labels(c) if cls == "BertForSequenceClassification" else 2,
-        # Our BERT attends to every token but pad_id; transformers to its attention_mask, which
-        # tokenizers set from the same pad token.
-        pad_id=_get(c, "pad_token_id", 0),
-        activation=_activation(c, "hidden_act", "gelu"),
-        layer_norm_epsilon=float(c.get("layer_norm_eps", 1e-12)),
-        pooler=f"{base}pooler.dense.weight" in names,
-    )
-
-
-def _bert_config(model: Any, shapes: dict[str, tuple]) -> tuple[str, dict]:
-    sizes = model.sizes
-    classes = {head: cls for cls, head in BERT_HEADS.items()}
-    config = {
-        "vocab_size": model.vocab_size,
-        "hidden_size": sizes["hidden_size"],
-        "num_hidden_layers": sizes["num_layers"],
-        "num_attention_heads": sizes["num_heads"],
-        "intermediate_size": sizes["mlp_dim"],
-        "hidden_act": _exported_activation(model),
-        "hidden_dropout_prob": model.dropout_rate,
-        "attention_probs_dropout_prob": model.attention_dropout_rate,
-        "max_position_embeddings": model.max_len,
-        "type_vocab_size": model.type_vocab_size,
-        "layer_norm_eps": model.layer_norm_epsilon,
-        "pad_token_id": model.pad_id,
-        "position_embedding_type": "absolute",
-        "tie_word_embeddings": True,
-    }
-    if model.head == "classifier":
-        config["id2label"] = _labels(model.num_classes)
-    return classes[model.head], config
-
-
-BERT = Family(
-    model="bert",
-    model_type="bert",
-    classes={cls: "" if cls == "BertModel" else "bert." for cls in BERT_HEADS},
-    modules=(
-        ("word_embeddings", "{base}embeddings.word_embeddings", "embed"),
-        ("segment_embeddings", "{base}embeddings.token_type_embeddings", "embed"),
-        ("position_embeddings", "{base}embeddings.position_embeddings", "embed"),
-        ("embeddings_norm", "{base}embeddings.LayerNorm", "norm"),
-        (r"layer_(\d+)/attn/qkv", r"{base}encoder.layer.\1.attention.self.{part}", "qkv"),
-        (r"layer_(\d+)/attn/out", r"{base}encoder.layer.\1.attention.output.dense", "linear"),
-        (r"layer_(\d+)/ln_1", r"{base}encoder.layer.\1.attention.output.LayerNorm", "norm"),
-        (r"layer_(\d+)/mlp/fc", r"{base}encoder.layer.\1.intermediate.dense", "linear"),
-        (r"layer_(\d+)/mlp/proj", r"{base}encoder.layer.\1.output.dense", "linear"),
-        (r"layer_(\d+)/ln_2", r"{base}encoder.layer.\1.output.LayerNorm", "norm"),
-        ("pooler", "{base}pooler.dense", "linear"),
-        ("classifier", "classifier", "linear"),
-        ("mlm_transform", "cls.predictions.transform.dense", "linear"),
-        ("mlm_norm", "cls.predictions.transform.LayerNorm", "norm"),
-        ("mlm_bias", "cls.predictions.bias", "tensor"),
-        ("nsp", "cls.seq_relationship", "linear"),
-    ),
-    to_fields=_bert_fields,
-    to_config=_bert_config,
-    example=lambda model, c: (jnp.zeros((1, 1), jnp.int32),),
-    config_keys=dict(
-        num_layers="num_hidden_layers",
-        hidden_size="hidden_size",
-        num_heads="num_attention_heads",
-        mlp_dim="intermediate_size",
-        vocab_size="vocab_size",
-        max_len="max_position_embeddings",
-        type_vocab_size="type_vocab_size",
-        activation="hidden_act",
-        layer_norm_epsilon="layer_norm_eps",
-    ),
-    buffers=r"(bert\.)?embeddings\.(position_ids|token_type_ids)",
-    tied=(
-        ("cls.predictions.decoder.weight", "{base}embeddings.word_embeddings.weight"),
-        ("cls.predictions.decoder.bias", "cls.predictions.bias"),
-    ),
-    heads=("cls.", "classifier.", "{base}pooler."),
-)
-
-
-def _pair(value: Any) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else tuple(value)
-
-
-# ViT (Dosovitskiy et al. 2021; transformers' modeling_vit.py). Defaults are ViTConfig's.
-def _vit_fields(c: dict, cls: str, names: set[str]) -> dict:
-    patch = _pair(c.get("patch_size", 16))
-    _require(patch[0] == patch[1], f"config.json patch_size={list(patch)}: square patches only")
-    _require(c.get("qkv_bias", True), "config.json qkv_bias=false: our attention has q|k|v biases")
-    width = c.get("hidden_size", 768)
-    pooler = cls == "ViTModel" and f"{_base(cls, VIT, names)}pooler.dense.weight" in names
-    if pooler:
-        _require(
-            c.get("pooler_act", "tanh") == "tanh",
-            f"config.json pooler_act={c.get('pooler_act')!r}: our pre-logits layer is tanh",
-        )
-    return dict(
-        num_classes=_num_labels(c) if cls == "ViTForImageClassification" else 0,
-        variant="",
-        width=width,
-        depth=c.get("num_hidden_layers", 12),
-        num_heads=c.get("num_attention_heads", 12),
-        mlp_dim=c.get("intermediate_size", 3072),
-        patch_size=patch[0],
-        pool="token",
-        pos_emb="learned",
-        representation_size=_get(c, "pooler_output_size", width) if pooler else 0,
-        dropout_rate=float(c.get("hidden_dropout_prob", 0.0)),
-        attention_dropout_rate=float(c.get("attention_probs_dropout_prob", 0.0)),
-        activation=_activation(c, "hidden_act", "gelu"),
-        layer_norm_epsilon=float(c.get("layer_norm_eps", 1e-12)),
-    )
-
-
-def _vit_config(model: Any, shapes: dict[str, tuple]) -> tuple[str, dict]:
-    for field, want in (("pool", "token"), ("pos_emb", "learned")):
-        _require(
-            getattr(model, field) == want,
-            f"model.{field}={getattr(model, field)!r}: Hugging Face's ViT has {want!r} only",
-        )
-    _require(
-        not (model.num_classes and model.representation_size),
-        "model.representation_size: Hugging Face's ViTForImageClassification has no pre-logits "
-        "layer under its classifier; export a ViT without one",
-    )
-    s = model.sizes
-    config = {
-        "hidden_size": s["width"],
-        "num_hidden_layers": s["depth"],
-        "num_attention_heads": s["num_heads"],
-        "intermediate_size": s["mlp_dim"],
-        "patch_size": s["patch_size"],
-        "num_channels": shapes["embedding/kernel"][2],
-        "hidden_act": _exported_activation(model),
-        "hidden_dropout_prob": model.dropout_rate,
-        "attention_probs_dropout_prob": model.attention_dropout_rate,
-        "layer_norm_eps": model.layer_norm_epsilon,
-        "qkv_bias": True,
-    }
-    if model.representation_size:
-        config |= {"pooler_output_size": model.representation_size, "pooler_act": "tanh"}
-    if model.num_classes:
-        config["id2label"] = _labels(model.num_classes)
-    return "ViTForImageClassification" if model.num_classes else "ViTModel", config
-
-
-def _vit_example(model: Any, c: dict) -> tuple:
-    height, width = _pair(c.get("image_size", 224))
-    return (jnp.zeros((1, height, width, c.get("num_channels", 3)), jnp.float32),)
-
-
-VIT = Family(
-    model="vit",
-    model_type="vit",
-    classes={"ViTModel": "", "ViTForImageClassification": "vit."},
-    modules=(
-        ("embedding", "{base}embeddings.patch_embeddings.projection", "conv2d"),
-        ("cls", "{base}embeddings.cls_token", "tensor"),
-        ("pos_embedding", "{base}embeddings.position_embeddings", "batched"),
-        (r"encoderblock_(\d+)/ln_1", r"{base}encoder.layer.\1.layernorm_before", "norm"),
-        (
-            r"encoderblock_(\d+)/attn/qkv",
-            r"{base}encoder.layer.\1.attention.attention.{part}",
-            "qkv",
-        ),
-        (
-            r"encoderblock_(\d+)/attn/out",
-            r"{base}encoder.layer.\1.attention.output.dense",
-            "linear",
-        ),
-        (r"encoderblock_(\d+)/ln_2", r"{base}encoder.layer.\1.layernorm_after", "norm"),
-        (r"encoderblock_(\d+)/mlp/fc", r"{base}encoder.layer.\1.intermediate.dense", "linear"),
-        (r"encoderblock_(\d+)/mlp/proj", r"{base}encoder.layer.\1.output.dense", "linear"),
-        ("encoder_norm", "{base}layernorm", "norm"),
-        ("pre_logits", "{base}pooler.dense", "linear"),  # ViTModel's pooler: Dense + tanh
-        ("head", "classifier", "linear"),
-    ),
-    to_fields=_vit_fields,
-    to_config=_vit_config,
-    example=_vit_example,
-    config_keys=dict(
-        width="hidden_size",
-        depth="num_hidden_layers",
-        num_heads="num_attention_heads",
-        mlp_dim="intermediate_size",
-        patch_size="patch_size",
-        activation="hidden_act",
-        layer_norm_epsilon="layer_norm_eps",
-    ),
-    heads=("classifier.", "{base}pooler."),
-)
-
-FAMILIES = {f.model: f for f in (GPT2, BERT, VIT)}  # by our model name
-CLASSES = {cls: f for f in FAMILIES.values() for cls in f.classes}
-
-
-def _base(cls: str, family: Family, names: set[str]) -> str:
-    """The base-model prefix of `cls` if the file uses it (the released gpt2 omits it)."""
-    prefix = family.classes[cls]
-    return prefix if any(n.startswith(prefix) for n in names) else ""
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -529,7 +107,7 @@ def read_config(directory: str | Path) -> dict:
         config = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path} is not valid JSON ({e})") from None
-    _require(isinstance(config, dict), f"{path} is not a model config")
+    require(isinstance(config, dict), f"{path} is not a model config")
     return config
 
 
@@ -541,7 +119,7 @@ def _files(directory: Path) -> list[Path]:
         index = json.loads((directory / INDEX).read_text())
         files = [directory / f for f in sorted(set(index["weight_map"].values()))]
         for path in files:
-            _require(path.is_file(), f"{path} is listed in {INDEX} but missing")
+            require(path.is_file(), f"{path} is listed in {INDEX} but missing")
         return files
     bins = sorted(p.name for p in directory.glob("*.bin")) if directory.is_dir() else []
     hint = f" (it has {', '.join(bins)}: save it again with safe_serialization=True)"
@@ -663,7 +241,7 @@ def read(directory: str | Path) -> Pretrained:
     except ValueError as e:
         raise ConfigError(f"{directory}: {e}") from None
     shapes = _param_shapes(model, family.example(model, hf_config))
-    base = _base(cls, family, names)
+    base = base_prefix(cls, family, names)
 
     flat, used, missing = {}, set(), []
     for path, (hf_names, layout) in _names(family, shapes, base).items():
@@ -691,7 +269,7 @@ def read(directory: str | Path) -> Pretrained:
         if re.fullmatch(family.buffers, name):
             continue
         if name in copies and copies[name] in tensors:
-            _require(
+            require(
                 np.array_equal(tensors[name], tensors[copies[name]]),
                 f"{directory}: {name} differs from {copies[name]}; our model ties them",
             )
@@ -773,7 +351,7 @@ def to_hf(
     """
     model_config = dict(model_config)
     name = model_config.get("name")
-    _require(
+    require(
         name in FAMILIES,
         f"model.name={name!r}: export covers {sorted(FAMILIES)} (Hugging Face GPT-2, BERT, ViT)",
     )
@@ -794,7 +372,7 @@ def to_hf(
     tensors = {}
     for path, (hf_names, layout) in _names(family, full_shapes, family.classes[cls]).items():
         if path in flat:
-            _require(
+            require(
                 flat[path].shape == full_shapes[path],
                 f"parameter {path} is {flat[path].shape}, the model config implies "
                 f"{full_shapes[path]}; export the config the parameters were trained with",
@@ -818,15 +396,15 @@ def _image_size(model: Any, shapes: dict, image_size: Any) -> Any:
     patch = model.sizes["patch_size"]
     tokens = shapes["pos_embedding"][0] - 1  # the class token has a position too
     if image_size is not None:
-        height, width = _pair(image_size)
-        _require(
+        height, width = pair(image_size)
+        require(
             (height // patch) * (width // patch) == tokens,
             f"image_size {height}x{width} gives {(height // patch) * (width // patch)} patches of "
             f"{patch}, the position embeddings {tokens}",
         )
     else:
         side = math.isqrt(tokens)
-        _require(
+        require(
             side * side == tokens,
             f"{tokens} patch positions is no square grid; give the image size (image_size=)",
         )
@@ -842,7 +420,7 @@ def export(
     from safetensors.numpy import save_file
 
     out = Path(out)
-    _require(
+    require(
         not (out / CONFIG).exists() and not (out / WEIGHTS).exists(),
         f"{out} already holds a checkpoint; give a new --out directory",
     )

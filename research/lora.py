@@ -103,7 +103,9 @@ class Adapted:
         return dataclasses.replace(self, model=self.model.clone(**updates))
 
     def __getattr__(self, name: str) -> Any:
-        if name == "model":  # Not set yet (copying): no recursion.
+        # The model's fields and properties; not `model` itself before it is set (copying), nor
+        # Python's protocols (a copy of this object must stay one).
+        if name == "model" or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.model, name)
 

@@ -219,12 +219,13 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
 # ---------------------------------------------------------------- parameter groups
 
 
+def _name(path: tuple) -> str:
+    return "/".join(str(getattr(k, "key", k)) for k in path)
+
+
 def param_names(params: Any) -> list[str]:
     """The parameter paths of a tree (arrays, abstract, or optax-masked), as "h_0/mlp/fc/kernel"."""
-    return [
-        "/".join(str(getattr(k, "key", k)) for k in path)
-        for path, _ in jax.tree_util.tree_leaves_with_path(params)
-    ]
+    return [_name(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
 
 
 def grouped(optimizer_config: ml_collections.ConfigDict, adapter: Callable | None) -> bool:
@@ -312,14 +313,11 @@ def lr_multipliers(
 def _by_name(tree: Any, table: Callable[[Any], dict[str, float]], fn: Callable) -> Any:
     """tree.map of fn(leaf, table[leaf's path]), the table built from the tree's own paths."""
     values = table(tree)
-    return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: fn(leaf, values["/".join(str(getattr(k, "key", k)) for k in path)]),
-        tree,
-    )
+    return jax.tree_util.tree_map_with_path(lambda path, leaf: fn(leaf, values[_name(path)]), tree)
 
 
 def _scale_by_multiplier(table: Callable[[Any], dict[str, float]]) -> optax.GradientTransformation:
-    """Each update times its parameter's multiplier (exact, and skipped, where it is 1)."""
+    """Each update times its parameter's multiplier (left as it is where that is 1)."""
 
     def update(updates, state, params=None):
         del params

@@ -440,3 +440,12 @@ def test_a_lora_run_is_exported_with_its_adapters_merged(tmp_path):
         assert np.array_equal(exported[path], value), path
     base = np.asarray(state["params"]["h_0"]["attn"]["qkv"]["kernel"])
     assert not np.array_equal(exported["h_0/attn/qkv/kernel"], base)  # the adapters trained
+
+
+def test_half_precision_files_import_exactly_as_float32(tmp_path):
+    tensors = load_file(FIXTURES / "vit_cls" / "model.safetensors")
+    half = {k: v.astype(np.float16) for k, v in tensors.items()}
+    imported = pretrained.read(copy_fixture("vit_cls", tmp_path / "fp16", half))
+    kernel = imported.params["head"]["kernel"]
+    assert kernel.dtype == np.float32
+    assert np.array_equal(kernel, half["classifier.weight"].T.astype(np.float32))

@@ -144,6 +144,11 @@ def read_tensors(directory: str | Path) -> dict[str, np.ndarray]:
         try:
             loaded = load_file(path)
         except Exception as e:  # noqa: BLE001 - safetensors raises its own error types.
+            if "bfloat16" in str(e):  # numpy has no bfloat16
+                raise ConfigError(
+                    f"{path} holds bfloat16 tensors, which numpy cannot read; save it as float32 "
+                    "(model.float().save_pretrained(...)) and import that"
+                ) from None
             raise ConfigError(f"{path} cannot be read as safetensors ({e})") from None
         tensors |= {_renamed(name): array for name, array in loaded.items()}
     return tensors

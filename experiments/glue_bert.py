@@ -6,19 +6,26 @@
     # Another GLUE task, another of the paper's learning rates:
     python launch.py --config=experiments/glue_bert.py:task=mnli,lr=3e-5 ... --workdir=runs/mnli
     # Turc et al. 2019's BERT-Tiny (L2/H128):
-    python launch.py --config=experiments/glue_bert.py:size=tiny ... --workdir=runs/sst2_tiny
+    hf download google/bert_uncased_L-2_H-128_A-2 --local-dir hf/bert-tiny
+    python launch.py --config=experiments/glue_bert.py:size=tiny --workdir=runs/sst2_tiny
     # The paper's learning-rate search, 4 rates x 3 seeds, picked on the dev set:
     python launch.py sweep --config=experiments/glue_bert.py --workdir=sweeps/sst2_bert
-    # Seconds, no download: BERT-tiny on mock SST-2 data.
+    # Seconds, no download: the committed random BERT checkpoint on mock SST-2 data.
     python launch.py --config=experiments/glue_bert.py:smoke --workdir=/tmp/smoke
 
 The recipe (A.3 and Google's run_classifier.py): batch 32, 3 epochs, Adam (b1 0.9, b2 0.999, eps
 1e-6) with weight decay 0.01 on matrices, learning rate chosen from {5e-5, 4e-5, 3e-5, 2e-5} on
 the dev set (variant `lr`, default 2e-5), linear warmup over the first 10% of steps then linear
 decay to 0, dropout 0.1, sequences of at most 128 WordPiece tokens, the classifier on the pooled
-[CLS] output. The weights must be pre-trained: `init.source` names a run of ours with a BERT of
-the same size (its vocab.txt as data.tokenizer_model); Hugging Face's bert-base-uncased is
-issue 15's import. From random weights the recipe runs, but it is not the paper's.
+[CLS] output. The weights are pre-trained: `init.source` is a Hugging Face directory
+(research/pretrained.py: bert-base-uncased by default, at hf/bert-base-uncased; its config.json is
+checked against the model fields here) or a run of ours with a BERT of the same size; the new
+classifier head starts from its initialisation (init.exclude). `--config.init.source=` (empty)
+trains from random weights: the recipe runs, but it is not the paper's.
+`lora`: LoRA (Hu et al. 2021) rank 8, alpha 16, dropout 0.1 on attention's query and value
+slices, the encoder frozen, the classifier (and pooler) trained; lr 5e-4 (LoRA's learning rates
+are ~10x full fine-tuning's: Hu et al. Table 9, RoBERTa-base 4e-4..5e-4). No number is declared
+for it.
 
 Data: TFDS glue/<task> (downloads on first use; needs network and TensorFlow to prepare). The
 GLUE test labels are private (TFDS's test split has label -1), so runs are scored on the dev
@@ -35,7 +42,8 @@ Expected:
   Not run here (no download, no pre-trained BERT on this machine).
 Runtime: not measured (no GPU here): SST-2 is 6,313 steps of 32 x 128 tokens. The smoke
 variant: about 30 s on a 2-core x86-64 CPU.
-Variants: task=<cola|sst2|mrpc|qqp|mnli|qnli|rte|wnli>, lr=<number>, size=<a Bert size>, smoke.
+Variants: task=<cola|sst2|mrpc|qqp|mnli|qnli|rte|wnli>, lr=<number>, size=base|tiny, lora, smoke
+(the committed random checkpoint tests/fixtures/hf/bert_cls, mock data).
 """
 
 import ml_collections
@@ -56,12 +64,19 @@ GLUE = {
     "wnli": (("sentence1", "sentence2"), 2, 635, "validation"),
 }
 LEARNING_RATES = (5e-5, 4e-5, 3e-5, 2e-5)  # Devlin et al. A.3
+# size -> where `hf download <hub name> --local-dir <dir>` puts the released weights.
+WEIGHTS = {
+    "base": ("google-bert/bert-base-uncased", "hf/bert-base-uncased"),
+    "tiny": ("google/bert_uncased_L-2_H-128_A-2", "hf/bert-tiny"),
+}
 EPOCHS, BATCH = 3, 32
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """BERT fine-tuning on GLUE; variants task=, lr=, size=."""
-    variant = parse_arg(arg, task="sst2", lr=2e-5, size="base")
+    variant = parse_arg(arg, task="sst2", lr=2e-5, size="base", lora=False)
+    if variant.size not in WEIGHTS:
+        raise ValueError(f"unknown size {variant.size!r}; choose one of {sorted(WEIGHTS)}")
     if variant.task not in GLUE:
         raise ValueError(f"unknown GLUE task {variant.task!r}; choose one of {sorted(GLUE)}")
     features, classes, num_train, dev = GLUE[variant.task]
@@ -105,7 +120,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.eval_every_steps = max(1, steps // EPOCHS)  # once an epoch
     c.train.checkpoint_every_steps = max(1, steps // EPOCHS)
     c.train.best_metric = "eval/accuracy"
+    c.init.source = WEIGHTS[variant.size][1]
     c.init.exclude = "^classifier/"  # A new head on the pre-trained encoder.
+    c.data.tokenizer_model = f"{c.init.source}/vocab.txt"
+    if variant.lora:
+        c.lora.rank = 8
+        c.lora.alpha = 16.0
+        c.lora.dropout = 0.1
+        c.lora.targets = "attn/qkv/kernel"
+        c.lora.qkv = "qv"
+        c.optimizer.trainable = "^classifier/|^pooler/"
+        c.optimizer.learning_rate = 5e-4
 
     if variant.task == "sst2" and variant.size == "tiny":
         c.expected.metric = "test/accuracy"

@@ -743,17 +743,38 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
 # ---------------------------------------------------------------------------------------------
 
 
+# The committed random Hugging Face checkpoints a smoke run initialises from, by model name
+# (tests/fixtures/make_hf_fixtures.py). ViT has none: its fixture's 16 x 12 images fit no
+# square pipeline, so a ViT smoke run starts from random weights.
+_FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "hf"
+SMOKE_CHECKPOINTS = {"gpt": _FIXTURES / "gpt2", "bert": _FIXTURES / "bert_cls"}
+
+
 def smoke(config: ml_collections.ConfigDict) -> None:
     """Shrink a recipe in place to a run of every code path that takes seconds on a CPU.
 
     The model takes its tiny size (research/models SMOKE_SIZES); data that would need a download
     becomes tfds mock data of the real shapes; 12 steps with logs, evaluations and checkpoints
     every few; a batch of at most 32; no expected result or curve (a smoke run checks the
-    plumbing).
+    plumbing). Pre-trained weights (`init.source`), which a smoke run cannot download, become the
+    committed random checkpoint of the same family (tests/fixtures/hf, SMOKE_CHECKPOINTS) and the
+    model takes its size, so the import runs too; GPT-2's BPE, which downloads its files, becomes
+    the character tokenizer.
     """
-    from research import data, models
+    from research import data, models, pretrained
 
     config.model.update(models.SMOKE_SIZES[config.model.name])
+    if config.init.source:
+        fixture = SMOKE_CHECKPOINTS.get(config.model.name)
+        config.init.source = str(fixture or "")
+        if fixture is not None:
+            fields, _ = pretrained.model_config(fixture)
+            keep = {k: config.model[k] for k in ("head", "num_classes") if k in config.model}
+            config.model.update({**fields, **keep})
+    if config.data.kind in ("masked_text", "text_classification") and config.init.source:
+        config.data.tokenizer_model = ""  # The checkpoint's vocab.txt: trained on the mock text.
+    if config.data.tokenizer == "gpt2":
+        config.data.tokenizer = "char"
     if not data.available_offline(config.data):
         config.data.mock = True
         config.data.path = ""
@@ -772,8 +793,10 @@ def smoke(config: ml_collections.ConfigDict) -> None:
     train.checkpoint_every_steps = 6
     train.batch_size = min(train.batch_size, 32)
     train.eval_batch_size = min(train.eval_batch_size, 64)
-    if train.batch_size % config.optimizer.grad_accum_steps:
-        config.optimizer.grad_accum_steps = 1
+    # At most 2 micro-batches: each is unrolled into the compiled step (nanoGPT's 32 would take
+    # minutes to compile), and 2 still exercise accumulation.
+    accum = min(config.optimizer.grad_accum_steps, 2)
+    config.optimizer.grad_accum_steps = accum if train.batch_size % accum == 0 else 1
     config.schedule.warmup_steps = min(config.schedule.warmup_steps, 2)
     config.schedule.decay_steps = 0  # = train.steps
     config.decode.beam_size = min(config.decode.beam_size, 2)  # Still a beam search.

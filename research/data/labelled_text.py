@@ -60,7 +60,8 @@ def encode_pair(
 
 def tokenizer(data_config: ml_collections.ConfigDict) -> tokenizers.WordPieceTokenizer:
     """`data.tokenizer_model`'s vocab.txt, or a vocabulary trained on the train split's texts."""
-    return _tokenizer(_key(data_config), data_config.tokenizer_model)
+    path = data_config.tokenizer_model
+    return _tokenizer(_key(data_config), path, masked_text.vocab_digest(path))
 
 
 def info(data_config: ml_collections.ConfigDict) -> sources.DatasetInfo:
@@ -212,7 +213,8 @@ def _str(value: Any) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _tokenizer(key: tuple, vocab_path: str) -> tokenizers.WordPieceTokenizer:
+def _tokenizer(key: tuple, vocab_path: str, vocab_digest: str) -> tokenizers.WordPieceTokenizer:
+    del vocab_digest  # In the key only: an edited vocab.txt is read afresh.
     if vocab_path:
         return masked_text.read_vocab(vocab_path)
     texts, _, _ = _read(key, key[6])
@@ -222,8 +224,7 @@ def _tokenizer(key: tuple, vocab_path: str) -> tokenizers.WordPieceTokenizer:
 
 @functools.lru_cache(maxsize=8)
 def _encoded_cached(key: tuple, vocab_path: str, vocab_digest: str, split: str, seq_len: int):
-    del vocab_digest  # In the key only: an edited vocab.txt is read afresh.
-    tok = _tokenizer(key, vocab_path)
+    tok = _tokenizer(key, vocab_path, vocab_digest)
     texts, labels, names = _read(key, split)
     if len(labels) == 0:
         raise ConfigError(f"split {split!r} of {key[0]!r} has no examples")

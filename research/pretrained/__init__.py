@@ -456,7 +456,7 @@ def export_run(workdir: str | Path, out: str | Path, step: int | None = None) ->
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"--out={out} exists and is not an empty directory; give a new one")
     _, state = checkpoint.restore_state(workdir / "checkpoints", step)
-    ema = config.get("optimizer", {}).get("ema_decay", 0) > 0
+    ema = config["optimizer"]["ema_decay"] > 0  # config.json records every declared field
     params = state["ema_params" if ema else "params"]
     if "lora" in config:  # A tree without adapters comes back as it was.
         params = lora.merge(params, config["lora"]["alpha"])

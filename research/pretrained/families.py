@@ -129,28 +129,28 @@ def _labels(n: int) -> dict[str, str]:
 
 # GPT-2 (Radford et al. 2019; transformers' modeling_gpt2.py). Defaults are GPT2Config's.
 def _gpt2_fields(c: dict, cls: str, names: set[str]) -> dict:
-    width = c.get("n_embd", 768)
+    width = _get(c, "n_embd", 768)
     inner = _get(c, "n_inner", 4 * width)
     require(
-        c.get("scale_attn_weights", True) and not c.get("scale_attn_by_inverse_layer_idx"),
+        _get(c, "scale_attn_weights", True) and not c.get("scale_attn_by_inverse_layer_idx"),
         "config.json scales GPT-2's attention other than by 1/sqrt(head size); not supported",
     )
     require(not c.get("add_cross_attention"), "config.json: GPT-2 with cross-attention")
     fields = dict(
-        vocab_size=c.get("vocab_size", 50257),
-        block_size=c.get("n_positions", c.get("n_ctx", 1024)),
-        num_layers=c.get("n_layer", 12),
-        num_heads=c.get("n_head", 12),
+        vocab_size=_get(c, "vocab_size", 50257),
+        block_size=_get(c, "n_positions", _get(c, "n_ctx", 1024)),
+        num_layers=_get(c, "n_layer", 12),
+        num_heads=_get(c, "n_head", 12),
         embed_dim=width,
         mlp_ratio=inner / width,
-        dropout_rate=float(c.get("resid_pdrop", 0.1)),
+        dropout_rate=float(_get(c, "resid_pdrop", 0.1)),
         use_bias=True,
         norm="layer",
-        norm_epsilon=float(c.get("layer_norm_epsilon", 1e-5)),
+        norm_epsilon=float(_get(c, "layer_norm_epsilon", 1e-5)),
         norm_position="pre",
         pos_emb="learned",
         activation=_activation(c, "activation_function", "gelu_new"),
-        tie_embeddings=bool(c.get("tie_word_embeddings", True)),
+        tie_embeddings=bool(_get(c, "tie_word_embeddings", True)),
     )
     require(
         int(fields["mlp_ratio"] * width) == inner,
@@ -230,35 +230,35 @@ BERT_HEADS = {
 
 # BERT (Devlin et al. 2019; transformers' modeling_bert.py). Defaults are BertConfig's.
 def _bert_fields(c: dict, cls: str, names: set[str]) -> dict:
-    if c.get("position_embedding_type", "absolute") != "absolute":
+    if _get(c, "position_embedding_type", "absolute") != "absolute":
         raise ConfigError(
             f"config.json position_embedding_type={c['position_embedding_type']!r}: only "
             "absolute positions are supported"
         )
     require(not c.get("is_decoder"), "config.json is_decoder=true: a causal BERT; not supported")
     require(
-        c.get("tie_word_embeddings", True) or BERT_HEADS[cls] in ("none", "classifier"),
+        _get(c, "tie_word_embeddings", True) or BERT_HEADS[cls] in ("none", "classifier"),
         "config.json tie_word_embeddings=false: our BERT ties the MLM decoder to the embeddings",
     )
     base = base_prefix(cls, BERT, names)
     return dict(
         size="",
-        num_layers=c.get("num_hidden_layers", 12),
-        hidden_size=c.get("hidden_size", 768),
-        num_heads=c.get("num_attention_heads", 12),
-        mlp_dim=c.get("intermediate_size", 3072),
-        vocab_size=c.get("vocab_size", 30522),
-        max_len=c.get("max_position_embeddings", 512),
-        type_vocab_size=c.get("type_vocab_size", 2),
-        dropout_rate=float(c.get("hidden_dropout_prob", 0.1)),
-        attention_dropout_rate=float(c.get("attention_probs_dropout_prob", 0.1)),
+        num_layers=_get(c, "num_hidden_layers", 12),
+        hidden_size=_get(c, "hidden_size", 768),
+        num_heads=_get(c, "num_attention_heads", 12),
+        mlp_dim=_get(c, "intermediate_size", 3072),
+        vocab_size=_get(c, "vocab_size", 30522),
+        max_len=_get(c, "max_position_embeddings", 512),
+        type_vocab_size=_get(c, "type_vocab_size", 2),
+        dropout_rate=float(_get(c, "hidden_dropout_prob", 0.1)),
+        attention_dropout_rate=float(_get(c, "attention_probs_dropout_prob", 0.1)),
         head=BERT_HEADS[cls],
         num_classes=_num_labels(c) if cls == "BertForSequenceClassification" else 2,
         # Our BERT attends to every token but pad_id; transformers to its attention_mask, which
         # tokenizers set from the same pad token.
         pad_id=_get(c, "pad_token_id", 0),
         activation=_activation(c, "hidden_act", "gelu"),
-        layer_norm_epsilon=float(c.get("layer_norm_eps", 1e-12)),
+        layer_norm_epsilon=float(_get(c, "layer_norm_eps", 1e-12)),
         pooler=f"{base}pooler.dense.weight" in names,
     )
 
@@ -338,31 +338,31 @@ def pair(value: Any) -> tuple[int, int]:
 
 # ViT (Dosovitskiy et al. 2021; transformers' modeling_vit.py). Defaults are ViTConfig's.
 def _vit_fields(c: dict, cls: str, names: set[str]) -> dict:
-    patch = pair(c.get("patch_size", 16))
+    patch = pair(_get(c, "patch_size", 16))
     require(patch[0] == patch[1], f"config.json patch_size={list(patch)}: square patches only")
-    require(c.get("qkv_bias", True), "config.json qkv_bias=false: our attention has q|k|v biases")
-    width = c.get("hidden_size", 768)
+    require(_get(c, "qkv_bias", True), "config.json qkv_bias=false: our attention has q|k|v biases")
+    width = _get(c, "hidden_size", 768)
     pooler = cls == "ViTModel" and f"{base_prefix(cls, VIT, names)}pooler.dense.weight" in names
     if pooler:
         require(
-            c.get("pooler_act", "tanh") == "tanh",
+            _get(c, "pooler_act", "tanh") == "tanh",
             f"config.json pooler_act={c.get('pooler_act')!r}: our pre-logits layer is tanh",
         )
     return dict(
         num_classes=_num_labels(c) if cls == "ViTForImageClassification" else 0,
         variant="",
         width=width,
-        depth=c.get("num_hidden_layers", 12),
-        num_heads=c.get("num_attention_heads", 12),
-        mlp_dim=c.get("intermediate_size", 3072),
+        depth=_get(c, "num_hidden_layers", 12),
+        num_heads=_get(c, "num_attention_heads", 12),
+        mlp_dim=_get(c, "intermediate_size", 3072),
         patch_size=patch[0],
         pool="token",
         pos_emb="learned",
         representation_size=_get(c, "pooler_output_size", width) if pooler else 0,
-        dropout_rate=float(c.get("hidden_dropout_prob", 0.0)),
-        attention_dropout_rate=float(c.get("attention_probs_dropout_prob", 0.0)),
+        dropout_rate=float(_get(c, "hidden_dropout_prob", 0.0)),
+        attention_dropout_rate=float(_get(c, "attention_probs_dropout_prob", 0.0)),
         activation=_activation(c, "hidden_act", "gelu"),
-        layer_norm_epsilon=float(c.get("layer_norm_eps", 1e-12)),
+        layer_norm_epsilon=float(_get(c, "layer_norm_eps", 1e-12)),
     )
 
 
@@ -399,8 +399,8 @@ def _vit_config(model: Any, shapes: dict[str, tuple]) -> tuple[str, dict]:
 
 
 def _vit_example(model: Any, c: dict) -> tuple:
-    height, width = pair(c.get("image_size", 224))
-    return (jnp.zeros((1, height, width, c.get("num_channels", 3)), jnp.float32),)
+    height, width = pair(_get(c, "image_size", 224))
+    return (jnp.zeros((1, height, width, _get(c, "num_channels", 3)), jnp.float32),)
 
 
 VIT = Family(

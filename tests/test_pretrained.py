@@ -380,6 +380,50 @@ def test_a_trained_gpt_survives_export_import_and_evaluation(trained_gpt, tmp_pa
     np.testing.assert_array_equal(model.apply(variables, tokens, train=False), ours)
 
 
+def test_lora_fine_tuning_the_imported_gpt_on_another_text(tmp_path):
+    """Issue 15, item 7: a GPT pre-trained here on one text, exported, imported through
+    init.source (a Hugging Face directory) and LoRA-fine-tuned on another text: the loss falls,
+    the frozen base stays bitwise the imported weights."""
+    rng = np.random.default_rng(7)
+
+    def text(name: str, words: list[str]) -> str:
+        body = " ".join(str(rng.choice(words)) for _ in range(600))
+        (tmp_path / name).write_text("abcdefghijklmnopqrstuvwxyz\n" + body)  # one alphabet
+        return str(tmp_path / name)
+
+    common = {
+        "data.mock": "false",
+        "data.data_dir": str(tmp_path / "tfds"),
+        "optimizer.learning_rate": "1e-2",
+        "schedule.warmup_steps": "0",
+        "train.steps": "60",
+        "train.log_every_steps": "5",
+        "train.eval_every_steps": "60",
+        "train.checkpoint_every_steps": "60",
+    }
+    spec = "experiments/shakespeare_char_gpt.py:smoke"
+    first = text("a.txt", ["to", "be", "or", "not", "that", "is", "the", "question"])
+    train.run(cfg.build_config(spec, common | {"data.path": first}), tmp_path / "pre")
+    exported = tmp_path / "hf"
+    pretrained.export_run(tmp_path / "pre", exported)
+
+    other = text("b.txt", ["quick", "brown", "fox", "jumps", "over", "lazy", "dog"])
+    fine = {"data.path": other, "init.source": str(exported), "lora.rank": "4"}
+    fine |= {"lora.alpha": "4.0", "lora.targets": "kernel$"}
+    tuned = tmp_path / "lora"
+    result = train.run(cfg.build_config(spec, common | fine), tuned)
+    records = [json.loads(line) for line in (tuned / "metrics.jsonl").open()]
+    losses = [r["loss"] for r in records if r["split"] == "train"]
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert 0 < result["num_trainable_params"] < result["num_params"] / 2
+    _, state = checkpoint.restore_state(tuned / "checkpoints")
+    _, original = checkpoint.restore_state(tmp_path / "pre" / "checkpoints")
+    base = jax.tree.map(np.asarray, lora.base(state["params"]))
+    want = jax.tree.map(np.asarray, original["params"])
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(base), jax.tree.leaves(want)):
+        assert x.tobytes() == y.tobytes(), path
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

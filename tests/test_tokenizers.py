@@ -46,11 +46,14 @@ def test_char_unknown_character_is_a_clear_error():
 
 
 def test_table_and_unknown_kind():
-    assert sorted(tokenizers.TOKENIZERS) == ["char", "gpt2", "sentencepiece"]
+    assert sorted(tokenizers.TOKENIZERS) == ["char", "gpt2", "sentencepiece", "wordpiece"]
     assert tokenizers.TOKENIZERS["char"] is tokenizers.CharTokenizer
     assert tokenizers.TOKENIZERS["gpt2"] is tokenizers.GPT2Tokenizer
-    with pytest.raises(ValueError, match="unknown tokenizer kind 'wordpiece'"):
-        tokenizers.from_json('{"kind": "wordpiece"}')
+    assert tokenizers.TOKENIZERS["wordpiece"] is tokenizers.WordPieceTokenizer
+    with pytest.raises(ValueError, match="unknown tokenizer kind 'bpe'"):
+        tokenizers.from_json('{"kind": "bpe"}')
+    wordpiece = tokenizers.WordPieceTokenizer.train(["to be or not to be"] * 5, vocab_size=40)
+    assert tokenizers.from_json(wordpiece.to_json()).vocab == wordpiece.vocab
 
 
 def _small_bpe() -> tiktoken.Encoding:

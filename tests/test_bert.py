@@ -310,12 +310,3 @@ def test_pretrain_then_finetune_smoke_runs(tmp_path):
     planned = sweep_plan.plan(spec, tmp_path / "sweep")
     assert sorted({r.cell for r in planned.runs}) == ["pretrained", "random_init"]
     assert len(planned.runs) == 4  # 2 seeds each
-
-
-def test_glue_smoke_run(tmp_path):
-    from research import train
-
-    config = cfg.build_config("experiments/glue_bert.py:smoke", {})
-    assert config.data.name == "glue/sst2" and config.data.mock
-    result = train.run(config, tmp_path / "glue")
-    assert result["step"] == 12 and set(result["metrics"]) >= {"test/accuracy", "test/macro_f1"}

@@ -5,7 +5,7 @@
     # nanoGPT's CPU recipe (4 layers, 128 wide, context 64; 0.8M parameters).
     python launch.py --config=experiments/shakespeare_char_gpt.py:cpu \\
         --config.data.path=path/to/tinyshakespeare.txt --workdir=runs/shakespeare_cpu
-    # The same with float32 matmuls (the cpu variant multiplies bfloat16 operands; same loss).
+    # The same with float32 matmuls (the cpu variant picks them by the processor; same loss).
     python launch.py --config=experiments/shakespeare_char_gpt.py:cpu,fp32 ...
     # Seconds, no files, no network: a 1-layer model on tfds's mock text.
     python launch.py --config=experiments/shakespeare_char_gpt.py:smoke --workdir=/tmp/smoke
@@ -39,8 +39,10 @@ Runtime:
           9 evaluations of the 1,742 validation windows. `cpu,fp32`: 124 s (measured before the
           2 micro-batches). nanoGPT README: about 3 minutes on a MacBook CPU.
 Variants:
-  cpu       nanoGPT's CPU recipe, computed faster on a CPU with the same update (see get_config).
-  cpu,fp32  the same with float32 matmuls: nanoGPT's numerics up to summation order.
+  cpu       nanoGPT's CPU recipe, computed faster on a CPU with the same update (see get_config):
+            model.dtype "auto", bfloat16 matmul operands where the CPU multiplies bfloat16
+            natively (AVX512-BF16, AMX), float32 where it does not (AVX2 only).
+  cpu,fp32  the same with float32 matmuls on any CPU: nanoGPT's numerics up to summation order.
   smoke     12 steps of a 1-layer model (research/config.py); `cpu,smoke` shrinks the cpu recipe.
   sweep()   post-norm, RMSNorm and rotary positions on the cpu recipe, below.
 
@@ -78,7 +80,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         norm="layer",  # Declared so each is one override away: --config.model.norm=rms.
         norm_position="pre",
         pos_emb="learned",
-        dtype="float32",  # "bfloat16_matmul": bf16 matmul operands, f32 accumulation (the cpu variant)
+        dtype="float32",  # gpt.DTYPES, or "auto": by the processor (the cpu variant)
     )
     c.data.kind = "text"
     c.data.name = "tiny_shakespeare"
@@ -134,12 +136,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # - 10 steps per compiled call;
         # - the batch as 2 micro-batches of 6: the same update (the mean of two equal halves),
         #   computed as two independent chains that XLA:CPU runs side by side on 2 cores;
-        # - matmul operands in bfloat16 with float32 accumulation (activations, norms, softmax and
-        #   the optimizer stay float32): same val loss over 3 seeds (mean 1.9065, as float32).
+        # - dtype "auto": on CPUs with native bf16 dot products (AVX512-BF16, AMX) matmul operands
+        #   in bfloat16 with float32 accumulation (activations, norms, softmax and the optimizer
+        #   stay float32): same val loss over 3 seeds (mean 1.9065, as float32). On AVX2-only
+        #   CPUs float32, the faster there (research/models/gpt.py AUTO_DTYPES).
         # `cpu,fp32` keeps float32 matmuls: nanoGPT's numerics up to summation order.
         c.train.steps_per_call = 10
         c.optimizer.grad_accum_steps = 2
-        c.model.dtype = "float32" if variant.fp32 else "bfloat16_matmul"
+        c.model.dtype = "float32" if variant.fp32 else "auto"
         c.expected.value = 1.907
         c.expected.tolerance = 0.02
         c.expected.comparison = "within"

@@ -18,7 +18,19 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from research import checkpoint, data, guard, initialize, lora, optim, parallel, steps, workdir
+from research import (
+    checkpoint,
+    data,
+    guard,
+    hardware,
+    initialize,
+    lora,
+    models,
+    optim,
+    parallel,
+    steps,
+    workdir,
+)
 from research.data import DatasetInfo
 from research.errors import ConfigError, ConfigMismatch, TrainingHalted
 from research.expected import Curve, Expected
@@ -229,7 +241,8 @@ def run(
         if is_main:
             if stale_note:
                 print(f"{wd}: {stale_note}", flush=True)
-            extra = {}
+            # The config may say dtype "auto": what it resolved to on this processor.
+            extra = {"model_dtype": models.dtype(config.model)}
             if relaunch.fork_from is not None:
                 checkpoint.copy_step(
                     relaunch.fork_from / "checkpoints", relaunch.latest_step, wd / "checkpoints"
@@ -387,7 +400,7 @@ def _train(
     if is_main:
         print(
             f"{config.experiment}: {prep.num_params:,} parameters{_trainable(prep)}, "
-            f"{jax.device_count()} device(s), "
+            f"{jax.device_count()} device(s){_precision(config)}, "
             f"steps {step}->{tc.steps}, batch {tc.batch_size}",
             flush=True,
         )
@@ -603,6 +616,15 @@ def _trainable(prep: Prepared) -> str:
     if prep.num_trainable == prep.num_params:
         return ""
     return f" ({prep.num_trainable:,} trainable, {100 * prep.num_trainable / prep.num_params:.2f}%)"
+
+
+def _precision(config: ml_collections.ConfigDict) -> str:
+    """', dtype bfloat16_matmul (auto, cpu_bf16)': the model's precision as built, and why."""
+    dtype = models.dtype(config.model)
+    if dtype is None:
+        return ""
+    auto = f" (auto, {hardware.kind()})" if config.model.get("dtype") == "auto" else ""
+    return f", dtype {dtype}{auto}"
 
 
 def _close_quietly(ckpt: checkpoint.Checkpointer) -> None:

@@ -361,6 +361,8 @@ def provenance(argv: list[str]) -> dict[str, Any]:
     """Where and with what code this run was made."""
     import jax
 
+    from research import hardware  # Deferred, as jax: importing workdir stays cheap.
+
     versions = {}
     for name in PACKAGES:
         try:
@@ -378,6 +380,7 @@ def provenance(argv: list[str]) -> dict[str, Any]:
         "process_index": jax.process_index(),
         "process_count": jax.process_count(),
         "devices": [str(d) for d in jax.devices()],
+        "processor": hardware.describe(),  # What `auto` settings resolved by.
         "command": [sys.executable, *argv] if argv else None,
         "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }

@@ -225,7 +225,7 @@ def test_recipe_model_has_nanogpts_parameter_count():
 @pytest.mark.parametrize(
     "arg, steps, batch",
     [
-        ("cpu", 10, 12),  # the CPU recipe as written: 10 steps per call, bfloat16_matmul
+        ("cpu", 10, 12),  # the CPU recipe as written: 10 steps per call, dtype "auto"
         ("cpu,fp32", 2, 12),
         ("", 1, 2),  # the A100 recipe (10.7M params, context 256) at batch 2
     ],
@@ -244,7 +244,7 @@ def test_each_variant_trains_on_mock_text(tmp_path, arg, steps, batch):
     }
     config = cfg.build_config(f"experiments/shakespeare_char_gpt.py:{arg}", overrides)
     cpu, fp32 = arg.startswith("cpu"), arg.endswith("fp32")
-    assert config.model.dtype == ("bfloat16_matmul" if cpu and not fp32 else "float32")
+    assert config.model.dtype == ("auto" if cpu and not fp32 else "float32")
     assert config.train.steps_per_call == (10 if cpu else 1)
     assert config.optimizer.grad_accum_steps == (2 if cpu else 1)
     result = train.run(config, tmp_path)

@@ -16,6 +16,11 @@ What the trainer asks of a model, and nothing else:
     LAYERS[name]                       its numbered blocks and its embeddings, as regexes over
                                        parameter paths (layer-wise learning-rate decay)
 
+`model.dtype="auto"` (the models whose dtype is one of gpt.DTYPES) is resolved here, when the
+model is built, to the precision measured fastest on this processor (gpt.AUTO_DTYPES): every path
+that builds a model (train, eval, sample, average, export) builds the same one. The config keeps
+"auto"; `dtype(config.model)` is what it resolved to (the run's first line, provenance.json).
+
 Each model checks its own fields when constructed and raises a one-line ValueError, which the
 launcher reports as a config error. SMOKE_SIZES gives each model's size for the `smoke` variant.
 """
@@ -26,6 +31,7 @@ from typing import Any
 
 import flax.linen as nn
 
+from research import hardware
 from research.models import bert, cnn, gpt, resnet, transformer, vit
 
 MODELS: dict[str, type[nn.Module]] = {
@@ -37,6 +43,9 @@ MODELS: dict[str, type[nn.Module]] = {
     "vit": vit.ViT,
     "bert": bert.Bert,
 }
+
+# Models whose `dtype` is one of gpt.DTYPES, and so may be "auto" (gpt.AUTO_DTYPES).
+AUTO_DTYPE_MODELS = ("gpt", "transformer", "vit", "bert")
 
 # Module fields that are not config fields: flax's own, and those the trainer sets.
 _NOT_ARGUMENTS = ("parent", "name", "bn_axis_name")
@@ -80,7 +89,27 @@ def build(model_config: Mapping[str, Any]) -> nn.Module:
     name = fields.pop("name")
     if name not in MODELS:
         raise ValueError(f"unknown model.name {name!r}; choose one of {sorted(MODELS)}")
+    if "dtype" in fields:
+        fields["dtype"] = dtype(model_config)
     return MODELS[name](**fields)
+
+
+def dtype(model_config: Mapping[str, Any]) -> str | None:
+    """The model's compute dtype as built: "auto" resolved for this processor; None if it has none."""
+    name, value = model_config["name"], model_config.get("dtype")
+    if value != "auto":
+        return value
+    if name not in AUTO_DTYPE_MODELS:
+        raise ValueError(
+            f"model.dtype='auto' is for {', '.join(AUTO_DTYPE_MODELS)}; give {name} its dtype"
+        )
+    kind = hardware.kind()
+    if kind not in gpt.AUTO_DTYPES:
+        raise ValueError(
+            f"model.dtype='auto' has no choice for processor {kind!r}; set model.dtype to one of "
+            f"{sorted(gpt.DTYPES)}"
+        )
+    return gpt.AUTO_DTYPES[kind]
 
 
 def with_batch_norm_axis(model: nn.Module, axis: str | None) -> nn.Module:

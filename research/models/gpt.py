@@ -29,6 +29,20 @@ DTYPES = {
     "bfloat16_matmul": (jnp.float32, jnp.bfloat16),
 }
 
+# `dtype="auto"`: the precision measured fastest on each kind of processor (research/hardware.py
+# kind()), resolved by models.build before the model is made. GPT `cpu` recipe, ms per step:
+AUTO_DTYPES = {
+    # AVX512-BF16 or AMX-BF16: native bf16 dot products. bfloat16_matmul vs float32: 24-29 vs
+    # 40 ms on an AMD EPYC with AVX512-BF16; Intel Xeon with AMX: bench/NOTES.md "CPU kinds".
+    "cpu_bf16": "bfloat16_matmul",
+    # AVX2 only (AMD EPYC under KVM): the bf16 operands are converted, 66 vs 52 ms (issue 16).
+    "cpu": "float32",
+    # Native bf16 matmuls, and elementwise work fused in bf16 (half the memory traffic): the usual
+    # mixed precision of the flax and big_vision examples. Not measured here (no accelerator).
+    "gpu": "bfloat16",
+    "tpu": "bfloat16",
+}
+
 
 class GPT(nn.Module):
     """Decoder-only transformer LM: int32 tokens [B, T] -> float32 logits [B, T, vocab_size]."""

@@ -13,13 +13,14 @@ from research.models import MODELS, build, cnn, resnet
 KEY = jax.random.key(0)
 
 # Registry names this file is responsible for; each must have an exact count below.
-CNN_MODELS = {"cnn", "lenet5", "resnet"}
+CNN_MODELS = {"cnn", "lenet5", "resnet", "imagenet_resnet"}
 
 # name -> (extra config, input shape, exact number of parameters).
 PARAM_COUNTS = {
     "cnn": ({}, (1, 8, 8, 1), 151_306),  # sklearn digits
     "lenet5": ({}, (1, 28, 28, 1), 61_706),  # MNIST, padded to the paper's 32x32
     "resnet": ({"depth": 20}, (1, 32, 32, 3), 269_722),  # He et al. 2016, Table 6: 0.27M
+    "imagenet_resnet": ({}, (1, 224, 224, 3), 25_557_032),  # ResNet-50, torchvision's count
 }
 
 
@@ -179,6 +180,48 @@ def test_shortcut_a_is_parameter_free_and_b_projects_only_where_shapes_change():
     assert params["B"]["stage2_block1"]["proj_conv"]["kernel"].shape == (1, 1, 4, 8)
 
 
+@pytest.mark.parametrize(
+    "size, expected",
+    [
+        # torchvision.models.resnet{18,34,50,101,152}(): sum(p.numel() for p in parameters()).
+        (resnet.ResNet18, 11_689_512),
+        (resnet.ResNet34, 21_797_672),
+        (resnet.ResNet50, 25_557_032),
+        (resnet.ResNet101, 44_549_160),
+        (resnet.ResNet152, 60_192_808),
+    ],
+)
+def test_imagenet_resnet_param_count(size, expected):
+    assert count_params(size(), (1, 224, 224, 3)) == expected
+
+
+def test_imagenet_resnet_strides_on_the_3x3_and_ends_at_7x7():
+    """v1.5: the strided conv of a downsampling bottleneck is its 3x3, not its first 1x1."""
+    model = resnet.ResNet50(num_classes=10, width=4)
+    apply = partial(model.apply, train=False, capture_intermediates=True)
+    x = jnp.zeros((1, 224, 224, 3))
+    _, state = jax.eval_shape(apply, jax.eval_shape(partial(model.init, KEY, x, train=False)), x)
+    block = state["intermediates"]["stage2_block1"]
+    assert [block[f"Conv_{i}"]["__call__"][0].shape[1:3] for i in range(3)] == [
+        (56, 56),
+        (28, 28),
+        (28, 28),
+    ]
+    assert state["intermediates"]["stage4_block3"]["__call__"][0].shape == (1, 7, 7, 128)
+
+
+def test_imagenet_resnet_zero_init_residual_zeroes_last_bn_scale():
+    model = resnet.ImageNetResNet(depth=50, width=2, num_classes=4, zero_init_residual=True)
+    key = jax.random.key(0, impl="rbg")
+    params = jax.jit(partial(model.init, train=False))(key, jnp.ones((1, 32, 32, 3)))["params"]
+    blocks = [block for name, block in params.items() if name.startswith("stage")]
+    assert len(blocks) == 16
+    for block in blocks:
+        assert not block["BatchNorm_2"]["scale"].any()
+        assert block["BatchNorm_0"]["scale"].all() and block["BatchNorm_1"]["scale"].all()
+    assert params["stage1_block1"]["proj_norm"]["scale"].all()
+
+
 def test_zero_init_residual_zeroes_last_bn_scale_of_each_block():
     model = resnet.ResNetTiny(zero_init_residual=True)
     # The "rbg" generator compiles much faster than threefry on CPU; values are irrelevant here.
@@ -198,6 +241,8 @@ def test_zero_init_residual_zeroes_last_bn_scale_of_each_block():
         ({"name": "resnet", "depth": 2}, "depth must be 6n\\+2"),
         ({"name": "resnet", "shortcut": "C"}, "shortcut 'C'"),
         ({"name": "lenet5", "activation": "sigmoid"}, "activation 'sigmoid'"),
+        ({"name": "imagenet_resnet", "depth": 20}, "depth must be one of \\[18, 34, 50"),
+        ({"name": "imagenet_resnet", "width": 0}, "width must be >= 1"),
     ],
 )
 def test_bad_config_raises(config, message):
@@ -216,6 +261,7 @@ def test_lenet5_rejects_inputs_larger_than_its_field():
         ({"name": "cnn"}, (2, 8, 8, 1)),
         ({"name": "lenet5"}, (2, 28, 28, 1)),
         ({"name": "resnet", "depth": 8, "widths": (4, 8, 16), "shortcut": "B"}, (2, 8, 8, 3)),
+        ({"name": "imagenet_resnet", "depth": 50, "width": 2}, (2, 32, 32, 3)),
     ],
 )
 def test_bfloat16_compute_keeps_float32_params_and_logits(config, input_shape):

@@ -38,6 +38,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "cnn": cnn.SmallCNN,
     "lenet5": cnn.LeNet5,
     "resnet": resnet.CifarResNet,
+    "imagenet_resnet": resnet.ImageNetResNet,
     "gpt": gpt.GPT,
     "transformer": transformer.Transformer,
     "vit": vit.ViT,
@@ -55,6 +56,7 @@ SMOKE_SIZES: dict[str, dict[str, Any]] = {
     "cnn": {},  # Already small: 8x8 digits train in seconds.
     "lenet5": {},
     "resnet": dict(depth=8),
+    "imagenet_resnet": dict(depth=18, width=8),
     "gpt": dict(num_layers=1, num_heads=2, embed_dim=32, block_size=16),
     "transformer": dict(
         encoder_layers=1, decoder_layers=1, num_heads=2, embed_dim=32, mlp_dim=64, vocab_size=512

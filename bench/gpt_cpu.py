@@ -19,7 +19,8 @@ per-round ratios. The reference also runs just before and after each trainer run
 
 Default variants, each adding one change: `plain` (float32, one step per call: the plain jitted
 step), `scan10` (10 steps per compiled call), `bf16` (matmul operands in bfloat16 with float32
-accumulation) and `cpu` (the experiment as written: also the batch as 2 micro-batches).
+accumulation) and `cpu` (the experiment as written: also the batch as 2 micro-batches, and
+model.dtype "auto": bfloat16_matmul or float32 by the CPU).
 
 Reported per variant: ms/step, steps/s, tokens/s, the trainer's ms/step, the first call's time
 (trace + compile + one call of that step, seconds, in a process the trainer has warmed up), the
@@ -28,7 +29,8 @@ torch ms / our ms (> 1: we are faster). FLOPs are nanoGPT's `estimate_mfu` count
 per token (N: parameters without the position table); the peak is the best 1024^3 matmul
 (float32 and bfloat16) measured in the same rounds. The footer and the JSON line name the CPU
 and which of the features that set its matmul speed it has (avx2, avx512f, avx512_bf16,
-amx_bf16; from /proc/cpuinfo).
+amx_bf16: research/hardware.py), as the table's first line does. Variants with
+`--config.model.dtype=auto` report the dtype it resolved to.
 
 A variant is NAME=ARGS, ARGS space-separated: `--config.a.b=v` overrides (any config field,
 e.g. `--config.model.dtype=bfloat16`), `--xla_...` XLA flags (set as that variant's
@@ -55,7 +57,7 @@ DEFAULT_VARIANTS = (
     "plain=--config.model.dtype=float32 --config.train.steps_per_call=1 "
     "--config.optimizer.grad_accum_steps=1",
     "scan10=--config.model.dtype=float32 --config.optimizer.grad_accum_steps=1",
-    "bf16=--config.optimizer.grad_accum_steps=1",
+    "bf16=--config.model.dtype=bfloat16_matmul --config.optimizer.grad_accum_steps=1",
     "cpu=",
 )
 
@@ -74,7 +76,7 @@ def worker(spec: dict) -> None:
     import jax.numpy as jnp
     import numpy as np
 
-    from research import checkpoint, data, parallel, steps, train
+    from research import checkpoint, data, models, parallel, steps, train
     from research import config as config_lib
 
     absl.logging.set_verbosity(absl.logging.ERROR)  # TFDS's "custom data configuration" notes.
@@ -154,7 +156,7 @@ def worker(spec: dict) -> None:
     reply(
         ready=True,
         steps_per_call=steps_per_call,
-        dtype=config.model.dtype,
+        dtype=models.dtype(config.model),  # "auto" resolved (research/models/gpt.py AUTO_DTYPES)
         num_params=int(num_params),
         tokens_per_step=tc.batch_size * config.data.seq_len,
         # nanoGPT estimate_mfu's attention term per token: 12 * layers * width * context.
@@ -267,28 +269,6 @@ def torch_reference(args: argparse.Namespace, iters: int) -> float:
 
 def load_average() -> float:
     return os.getloadavg()[0]
-
-
-# ISA features that decide XLA:CPU's matmul speed (bfloat16 dots need avx512_bf16 or amx_bf16).
-CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-
-
-def cpu_info() -> dict:
-    """The CPU's model name and which of CPU_FEATURES it has, from /proc/cpuinfo (Linux)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return {"model": "unknown", "features": {}}
-    fields = {}
-    for line in lines:
-        key, sep, value = line.partition(":")
-        if sep:
-            fields.setdefault(key.strip(), value.strip())  # The first CPU's; all are alike.
-    flags = set(fields.get("flags", "").split())
-    return {
-        "model": fields.get("model name", "unknown"),
-        "features": {name: name in flags for name in CPU_FEATURES},
-    }
 
 
 def main() -> None:
@@ -407,6 +387,11 @@ def report(args, variants, torch_ms, loads) -> None:
         ("x torch", 8, ".2f"),
         ("trainer x", 9, ".2f"),
     )
+    sys.path.insert(0, str(REPO))  # Here, not at the top: a worker imports from its --repo.
+    from research import hardware
+
+    cpu = hardware.cpu()
+    print(f"CPU: {hardware.summary()}, {os.cpu_count()} CPUs")
     print("  ".join(f"{name:>{width}s}" for name, width, _ in columns))
     rows = []
     if torch_median:
@@ -435,10 +420,6 @@ def report(args, variants, torch_ms, loads) -> None:
             for value, (_, width, fmt) in zip(row, columns)
         ]
         print("  ".join(cells))
-    cpu = cpu_info()
-    isa = ", ".join(
-        f"{name} {'yes' if present else 'no'}" for name, present in cpu["features"].items()
-    )
     peaks = [results[v.name]["peak_gflops_f32"] for v in variants]
     peaks16 = [results[v.name]["peak_gflops_bf16"] for v in variants]
     print(
@@ -447,8 +428,7 @@ def report(args, variants, torch_ms, loads) -> None:
         f"reference run just before and after. Input: host CPU time to make a step's batch / "
         f"step time. MFU: nanoGPT's 6N + 12*L*D*T FLOPs/token against the matmul peak measured "
         f"here ({median(peaks):.0f} GFLOP/s f32, {median(peaks16):.0f} bf16). Load average "
-        f"{min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} CPUs: {cpu['model']} "
-        f"({isa or 'features unknown'})."
+        f"{min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} CPUs: {hardware.summary()}."
     )
     summary = {
         "benchmark": "gpt_cpu",
@@ -458,6 +438,7 @@ def report(args, variants, torch_ms, loads) -> None:
         "load_average": [round(x, 2) for x in loads],
         "cpus": os.cpu_count(),
         "cpu": cpu,
+        "cpu_kind": hardware.kind(),  # What model.dtype="auto" resolves by.
         "variants": results,
     }
     print(json.dumps(summary))

@@ -243,6 +243,7 @@ def test_zero_init_residual_zeroes_last_bn_scale_of_each_block():
         ({"name": "lenet5", "activation": "sigmoid"}, "activation 'sigmoid'"),
         ({"name": "imagenet_resnet", "depth": 20}, "depth must be one of \\[18, 34, 50"),
         ({"name": "imagenet_resnet", "width": 0}, "width must be >= 1"),
+        ({"name": "imagenet_resnet", "conv_init": "he"}, "conv_init 'he'"),
     ],
 )
 def test_bad_config_raises(config, message):

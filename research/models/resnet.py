@@ -29,6 +29,10 @@ he_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # LeCun normal for the head: flax's Dense default, written out.
 lecun_normal = nn.initializers.lecun_normal()
 
+# ImageNetResNet's conv kernel initializers, by name: torchvision's, or flax's nn.Conv default
+# (what flax's examples/imagenet/models.py uses).
+CONV_INITS = {"he_normal_fan_out": he_normal_fan_out, "lecun_normal": lecun_normal}
+
 # He et al. 2016, Sections 3.3, 4.1: (A) zero-padded identity, parameter-free;
 # (B) 1x1 projection where the shape changes, identity elsewhere.
 SHORTCUTS = ("A", "B")
@@ -197,6 +201,7 @@ class ImageNetResNet(nn.Module):
     depth: int = 50
     width: int = 64  # The first stage's width; stage i has width * 2**i (bottlenecks: x4 out).
     zero_init_residual: bool = False
+    conv_init: str = "he_normal_fan_out"  # CONV_INITS
     dtype: str = "float32"
     # Named mesh/pmap axis over which BatchNorm averages its batch statistics (sync BN).
     bn_axis_name: str | None = None
@@ -204,6 +209,10 @@ class ImageNetResNet(nn.Module):
     batch_norm: ClassVar[bool] = True  # research/models/__init__.py: the trainer sets bn_axis_name.
 
     def __post_init__(self) -> None:
+        require(
+            self.conv_init in CONV_INITS,
+            f"unknown ImageNetResNet conv_init {self.conv_init!r}; choose one of {sorted(CONV_INITS)}",
+        )
         require(
             self.depth in IMAGENET_DEPTHS,
             f"ImageNetResNet depth must be one of {sorted(IMAGENET_DEPTHS)}, got {self.depth}",
@@ -230,7 +239,7 @@ class ImageNetResNet(nn.Module):
             nn.Conv,
             padding="SAME",
             use_bias=False,
-            kernel_init=he_normal_fan_out,  # torchvision's kaiming_normal_(mode="fan_out")
+            kernel_init=CONV_INITS[self.conv_init],
             dtype=dtype,
             param_dtype=jnp.float32,
         )

@@ -79,7 +79,9 @@ def defaults() -> ml_collections.ConfigDict:
             "augment": augment.OFF,  # research/data/augment.py: all off.
             "mock": False,  # tfds.testing.mock_data: random examples of the real shapes, no download.
             # Text (kind="text", research/data/text.py) and translation (research/data/translation.py):
-            "path": "",  # A local text file (text), or parallel text (translation); replaces `name`.
+            # A local text file (text), or parallel text (translation), replacing `name`; the root
+            # of a class-per-directory image tree (images, with name="image_folder").
+            "path": "",
             "target_path": "",  # Translation: the target side's file, line by line; "" = path is a TSV.
             "source_lang": "en",  # Translation: the feature (language) translated from ...
             "target_lang": "de",  # ... and into.
@@ -639,7 +641,7 @@ KIND_FIELDS = {
     "mean": ("images",),
     "std": ("images",),
     "augment": ("images",),
-    "path": ("text", "translation", "masked_text", "text_classification"),
+    "path": ("text", "translation", "masked_text", "text_classification", "images"),
     "tokenizer": ("text", "translation", "masked_text", "text_classification"),
     "seq_len": ("text", "translation", "masked_text", "text_classification"),
     "target_path": ("translation",),
@@ -708,7 +710,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
         raise ConfigError(str(e)) from None
     if config.data.path and config.data.mock:
         raise ConfigError(
-            f"data.path={config.data.path!r} reads local text, which data.mock replaces; unset one"
+            f"data.path={config.data.path!r} reads local files, which data.mock replaces; unset one"
         )
     if config.data.target_path and not config.data.path:
         raise ConfigError("data.target_path is the target side of data.path: set both")

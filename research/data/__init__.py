@@ -58,7 +58,7 @@ def _kind(data_config: ml_collections.ConfigDict) -> Kind:
 
 def available_offline(data_config: ml_collections.ConfigDict) -> bool:
     """Whether the data needs no download: tfds mock data, or a builder prepared locally."""
-    if data_config.name == "speakers":  # Made from data.path (research/data/speakers.py).
+    if data_config.name in ("speakers", sources.IMAGE_FOLDER):  # Made from the files at data.path.
         return data_config.mock or bool(data_config.path)
     return data_config.mock or data_config.name in sources.LOCAL_BUILDERS
 

@@ -2,7 +2,9 @@
 
 `data.name` is a TFDS name. "digits" and "number_words" are our local builders
 (research/data/digits.py, number_words.py), prepared on first use from what packages ship
-(scikit-learn's digits, num2words); every other name ("mnist", "cifar10", ...) is TFDS's own.
+(scikit-learn's digits, num2words); "image_folder" prepares the class-per-directory tree of images
+at `data.path` (research/data/image_folder.py); every other name ("mnist", "cifar10", ...) is
+TFDS's own.
 Preparing those downloads the data and PNG-encodes images through TensorFlow, so on a machine
 without it `open_split` raises `DatasetUnavailable` with the one command that fixes it. Reading a
 prepared ArrayRecord dataset never needs TensorFlow (images are decoded with PIL).
@@ -31,13 +33,15 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 # Imported to register the "digits" and "number_words" builders with TFDS.
-from research.data import digits, number_words  # noqa: F401
+from research.data import digits, image_folder, number_words  # noqa: F401
 from research.errors import ConfigError, DatasetUnavailable
 
 MOCK_NUM_EXAMPLES = 512
 
 # Builders prepared here from files a package ships (no download): available on any machine.
 LOCAL_BUILDERS = ("digits", "number_words")
+# The builder made from the files at data.path (prepared per tree, so not by name alone).
+IMAGE_FOLDER = "image_folder"
 # Where TFDS's own downloads come from; reaching it in a few seconds means the network works.
 _PROBE_HOST, _PROBE_TIMEOUT_S = ("storage.googleapis.com", 443), 5.0
 
@@ -71,6 +75,8 @@ def open_split(data_config: ml_collections.ConfigDict, split: str) -> Sequence[d
     """Random-access source of `split`, a TFDS split string such as "train[:90%]"."""
     name = data_config.name
     data_dir = data_config.data_dir or None  # None: TFDS's default, ~/tensorflow_datasets.
+    if name == IMAGE_FOLDER:
+        return _image_folder_split(data_config.path, data_dir, split)
     check_available(name, data_dir, mock=data_config.mock)
     if data_config.mock:
         # Mock data has no split metadata: every split name reads the same random examples, so
@@ -107,6 +113,21 @@ def open_split(data_config: ml_collections.ConfigDict, split: str) -> Sequence[d
             _raise_if_bad_split(read_error, name, split)
             message = _unavailable_message(name, split, data_dir, prepare_error)
             raise DatasetUnavailable(message) from prepare_error
+
+
+def _image_folder_split(root: str, data_dir: str | None, split: str) -> Sequence[dict[str, Any]]:
+    """`split` of the image folder at `root`, prepared into data_dir on first use."""
+    if not root:
+        raise ConfigError(
+            "data.name='image_folder' reads the images under data.path: set "
+            "--config.data.path=ROOT (ROOT/train/<class>/*.jpg, ROOT/val/<class>/...)"
+        )
+    folder = image_folder.builder(root, data_dir)
+    try:
+        return folder.as_data_source(split)
+    except Exception as e:
+        _raise_if_bad_split(e, IMAGE_FOLDER, split)
+        raise
 
 
 def _raise_if_bad_split(error: Exception, name: str, split: str) -> None:

@@ -33,7 +33,8 @@ DTYPES = {
 # kind()), resolved by models.build before the model is made. GPT `cpu` recipe, ms per step:
 AUTO_DTYPES = {
     # AVX512-BF16 or AMX-BF16: native bf16 dot products. bfloat16_matmul vs float32: 24-29 vs
-    # 40 ms on an AMD EPYC with AVX512-BF16; Intel Xeon with AMX: bench/NOTES.md "CPU kinds".
+    # 40 ms on an AMD EPYC with AVX512-BF16, 15.7 vs 26.6 ms on an Intel Xeon with AMX
+    # (bench/NOTES.md, "CPU kinds").
     "cpu_bf16": "bfloat16_matmul",
     # AVX2 only (AMD EPYC under KVM): the bf16 operands are converted, 66 vs 52 ms (issue 16).
     "cpu": "float32",

@@ -25,7 +25,7 @@ from pathlib import Path
 import jax
 import ml_collections
 
-from research import checkpoint, initialize, parallel, train, workdir
+from research import checkpoint, initialize, models, parallel, train, workdir
 from research.errors import ConfigError
 
 
@@ -88,6 +88,7 @@ def evaluate(
             out / "provenance.json",
             list(argv),
             evaluated={"weights": str(source.absolute()), "step": plan.step},
+            model_dtype=models.dtype(config.model),  # "auto" as resolved on this processor
         )
     mesh = parallel.make_mesh(config.parallel)
     replicated = parallel.replicated(mesh)

@@ -400,8 +400,8 @@ def _train(
     if is_main:
         print(
             f"{config.experiment}: {prep.num_params:,} parameters{_trainable(prep)}, "
-            f"{jax.device_count()} device(s){_precision(config)}, "
-            f"steps {step}->{tc.steps}, batch {tc.batch_size}",
+            f"{jax.device_count()} device(s), "
+            f"steps {step}->{tc.steps}, batch {tc.batch_size}{_precision(config)}",
             flush=True,
         )
     bar = tqdm.tqdm(

@@ -34,7 +34,11 @@ amx_bf16: research/hardware.py), as the table's first line does. Variants with
 
 A variant is NAME=ARGS, ARGS space-separated: `--config.a.b=v` overrides (any config field,
 e.g. `--config.model.dtype=bfloat16`), `--xla_...` XLA flags (set as that variant's
-XLA_FLAGS), `--repo=DIR` another checkout of this project. Prints a table, then one JSON line.
+XLA_FLAGS), `--repo=DIR` another checkout of this project. `--xla_cpu_max_isa=AVX2` alone does
+not make an AVX-512 CPU behave as an AVX2-only one (YNNPACK's matmuls pick their kernels at run
+time); with `--xla_cpu_experimental_ynn_fusion_type=-individual_dot` bf16 dots run at the float32
+rate, which shows the sign of an AVX2-only CPU's bfloat16 penalty, not its size (bench/NOTES.md,
+"CPU kinds"). Prints a table, then one JSON line.
 bench/NOTES.md records what was tried and what it gave.
 """
 

@@ -714,6 +714,11 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
         )
     if config.data.target_path and not config.data.path:
         raise ConfigError("data.target_path is the target side of data.path: set both")
+    if config.data.kind == "images" and config.data.path and config.data.name != "image_folder":
+        raise ConfigError(
+            f"data.path={config.data.path!r} is read for images only as an image folder: set "
+            "data.name=image_folder, or leave data.path empty"
+        )
     train = config.train
     try:
         optim.validate(config.optimizer, config.schedule, train.steps)

@@ -82,6 +82,8 @@ def worker(spec: dict) -> None:
         "train.log_every_steps": max(1, n // 4),
         "train.eval_every_steps": n,
         "train.checkpoint_every_steps": n,
+        # The recipe's schedule as over its full length (warmups are longer than a short run).
+        "schedule.decay_steps": 10**7,
         **spec["overrides"],
     }
     config = config_lib.build_config(spec["experiment"], overrides)

@@ -182,8 +182,11 @@ def _conv_dot_flops(jaxpr) -> int:
             rhs = eqn.invars[1].aval.shape
             out = eqn.outvars[0].aval.shape
             spec = eqn.params["dimension_numbers"].rhs_spec  # (out feat, in feat, spatial...)
-            # Per output element: in-features (already divided by feature groups) x window.
-            total += 2 * math.prod(out) * rhs[spec[1]] * math.prod(rhs[d] for d in spec[2:])
+            # Per output element: in-features (already divided by feature groups) x window; an
+            # input gradient of a strided conv dilates its input with zeros (lhs_dilation), which
+            # are not counted.
+            macs = math.prod(out) * rhs[spec[1]] * math.prod(rhs[d] for d in spec[2:])
+            total += 2 * macs // math.prod(eqn.params["lhs_dilation"])
         elif name == "dot_general":
             (contract, _), _ = eqn.params["dimension_numbers"]
             lhs = eqn.invars[0].aval.shape

@@ -39,12 +39,11 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 # The GPT benchmark's timing pieces: the matmul peak and the load average (same directory).
-from gpt_cpu import DTYPES, _matmul_gflops, load_average
+from gpt_cpu import DTYPES, _matmul_gflops, load_average, run_trainer
 
 REPO = Path(__file__).resolve().parent.parent
 TORCH_SCRIPT = REPO.parent / "shared" / "bench" / "torch_resnet.py"
@@ -69,8 +68,8 @@ def worker(spec: dict) -> None:
     import jax
     import jax.numpy as jnp
 
-    from research import checkpoint, data, parallel, steps, train
     from research import config as config_lib
+    from research import data, parallel, steps
 
     absl.logging.set_verbosity(absl.logging.ERROR)
     replies = os.fdopen(os.dup(1), "w")
@@ -90,20 +89,7 @@ def worker(spec: dict) -> None:
     tc = config.train
     assert tc.steps_per_call == 1, "conv nets keep one step per call (JAX issue #12868)"
 
-    parts = steps.build(config, data.info(config.data).input_shape)
-    abstract_state = steps.abstract_state(parts)
-    mesh = parallel.make_mesh(config.parallel)
-    state_sharding = parallel.state_sharding(abstract_state, mesh)
-    target = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-        abstract_state,
-        state_sharding,
-    )
-    with tempfile.TemporaryDirectory() as workdir:
-        train.run(config, workdir)
-        lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
-        saved_step, state = checkpoint.restore_state(Path(workdir) / "checkpoints", target=target)
-    assert saved_step == tc.steps, (saved_step, tc.steps)
+    parts, mesh, state_sharding, state, lines = run_trainer(config)
     windows = [r["steps_per_s"] for r in map(json.loads, lines) if r["split"] == "train"]
     trainer_steps_per_s = statistics.median(windows[1:] or windows)
 
@@ -143,7 +129,7 @@ def worker(spec: dict) -> None:
         ready=True,
         batch_size=tc.batch_size,
         input_shape=list(parts.input_shape),
-        num_params=int(sum(x.size for x in jax.tree.leaves(abstract_state["params"]))),
+        num_params=int(sum(x.size for x in jax.tree.leaves(state["params"]))),
         conv_dot_flops=flops,
         xla_flops=float(cost.get("flops", 0.0)) if cost else None,
         trace_s=trace_s,

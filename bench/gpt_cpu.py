@@ -73,6 +73,30 @@ DEFAULT_VARIANTS = (
 # -------------------------------------------------------------------------------------------------
 
 
+def run_trainer(config) -> tuple:
+    """Train `config` with the real trainer in a temporary workdir; return (parts, mesh, state
+    shardings, the state after the last step placed as the step wants it, metrics.jsonl lines)."""
+    import jax
+
+    from research import checkpoint, data, parallel, steps, train
+
+    parts = steps.build(config, data.info(config.data).input_shape)
+    abstract_state = steps.abstract_state(parts)
+    mesh = parallel.make_mesh(config.parallel)
+    state_sharding = parallel.state_sharding(abstract_state, mesh)
+    target = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        abstract_state,
+        state_sharding,
+    )
+    with tempfile.TemporaryDirectory() as workdir:
+        train.run(config, workdir)
+        lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
+        saved_step, state = checkpoint.restore_state(Path(workdir) / "checkpoints", target=target)
+    assert saved_step == config.train.steps, (saved_step, config.train.steps)
+    return parts, mesh, state_sharding, state, lines
+
+
 def worker(spec: dict) -> None:
     """Run one variant; spec = {"overrides": {...}, "trainer_steps": int, "text": path}."""
     import absl.logging
@@ -80,8 +104,8 @@ def worker(spec: dict) -> None:
     import jax.numpy as jnp
     import numpy as np
 
-    from research import checkpoint, data, models, parallel, steps, train
     from research import config as config_lib
+    from research import data, models, parallel, steps
 
     absl.logging.set_verbosity(absl.logging.ERROR)  # TFDS's "custom data configuration" notes.
     # Replies go to the original stdout; the trainer's own prints go to /dev/null.
@@ -102,20 +126,7 @@ def worker(spec: dict) -> None:
 
     # The real trainer: its steps/s from metrics.jsonl, and its state after the last step, placed
     # as the step wants it (the same mesh and shardings as the trainer's).
-    parts = steps.build(config, data.info(config.data).input_shape)
-    abstract_state = steps.abstract_state(parts)
-    mesh = parallel.make_mesh(config.parallel)
-    state_sharding = parallel.state_sharding(abstract_state, mesh)
-    target = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-        abstract_state,
-        state_sharding,
-    )
-    with tempfile.TemporaryDirectory() as workdir:
-        train.run(config, workdir)
-        lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
-        saved_step, state = checkpoint.restore_state(Path(workdir) / "checkpoints", target=target)
-    assert saved_step == tc.steps, (saved_step, tc.steps)
+    parts, mesh, state_sharding, state, lines = run_trainer(config)
     records = [json.loads(line) for line in lines]
     windows = [r["steps_per_s"] for r in records if r["split"] == "train"]
     trainer_steps_per_s = statistics.median(windows[1:])  # The first window holds the compile.
@@ -154,7 +165,7 @@ def worker(spec: dict) -> None:
     input_cpu_ms = (time.process_time() - cpu0) / (calls * steps_per_call) * 1e3
     input_wall_ms = (time.perf_counter() - wall0) / (calls * steps_per_call) * 1e3
 
-    params = abstract_state["params"]
+    params = state["params"]
     num_params = sum(x.size for x in jax.tree.leaves(params))
     position_params = sum(x.size for x in jax.tree.leaves(params.get("wpe", {})))
     reply(

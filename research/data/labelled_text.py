@@ -102,7 +102,6 @@ def eval_batches(
     process_count: int,
 ) -> grain.IterDataset:
     """This process's share of every example of `split` once, in order, padded, with "mask"."""
-    batch_size = pipeline.per_process_batch_size(global_batch_size, process_count)
     examples = _encoded(data_config, split)
     seq_len = data_config.seq_len
     padding = {
@@ -115,9 +114,13 @@ def eval_batches(
     def example_or_padding(index: int) -> dict[str, Any]:
         return padding if index >= len(examples) else {**examples[index], "mask": np.True_}
 
-    num_batches = -(-len(examples) // global_batch_size)
-    ds = grain.MapDataset.range(num_batches * global_batch_size)
-    ds = ds[process_index::process_count].map(example_or_padding).batch(batch_size)
+    ds = pipeline.padded_eval(
+        len(examples),
+        example_or_padding,
+        global_batch_size=global_batch_size,
+        process_index=process_index,
+        process_count=process_count,
+    )
     return ds.to_iter_dataset(pipeline.READ_OPTIONS)
 
 

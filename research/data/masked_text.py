@@ -129,7 +129,6 @@ def eval_batches(
 ) -> grain.IterDataset:
     """This process's share of every non-overlapping window of `split`, masked the same way at
     every evaluation, in padded batches with "mask"."""
-    batch_size = pipeline.per_process_batch_size(global_batch_size, process_count)
     seq_len = data_config.seq_len
     body = seq_len - 2
     tokens = _windowable(data_config, split)
@@ -152,9 +151,13 @@ def eval_batches(
         window = tokens[index * body : (index + 1) * body]
         return {**make(window, rng), "mask": np.True_}
 
-    num_batches = -(-num_windows // global_batch_size)
-    ds = grain.MapDataset.range(num_batches * global_batch_size)
-    ds = ds[process_index::process_count].map(window_or_padding).batch(batch_size)
+    ds = pipeline.padded_eval(
+        num_windows,
+        window_or_padding,
+        global_batch_size=global_batch_size,
+        process_index=process_index,
+        process_count=process_count,
+    )
     return ds.to_iter_dataset(pipeline.READ_OPTIONS)
 
 

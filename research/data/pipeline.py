@@ -98,13 +98,11 @@ def eval_batches(
 
     Batches are {"image", "label", "mask": bool [b]}; iterate the result again for another pass.
     """
-    batch_size = per_process_batch_size(global_batch_size, process_count)
     source = sources.open_split(data_config, split)
     image_shape = sources.image_shape(source, data_config.image_size)
     normalize = _normalizer(data_config, channels=image_shape[-1])
     source = sources.in_memory(source)
     num_examples = len(source)
-    num_batches = math.ceil(num_examples / global_batch_size)
     padding = {
         "image": np.zeros(image_shape, np.float32),
         "label": np.int32(0),
@@ -118,10 +116,14 @@ def eval_batches(
         image = augment.fit_to_size(example["image"], data_config.image_size)
         return {**example, "image": image, "mask": np.True_}
 
-    ds = grain.MapDataset.range(num_batches * global_batch_size)
-    ds = ds[process_index::process_count].map(example_or_padding)
-    ds = ds.batch(batch_size).map(normalize)
-    return ds.to_iter_dataset(READ_OPTIONS)
+    ds = padded_eval(
+        num_examples,
+        example_or_padding,
+        global_batch_size=global_batch_size,
+        process_index=process_index,
+        process_count=process_count,
+    )
+    return ds.map(normalize).to_iter_dataset(READ_OPTIONS)
 
 
 def _to_float(example: dict[str, Any]) -> dict[str, Any]:
@@ -147,6 +149,24 @@ def _normalizer(data_config: ml_collections.ConfigDict, channels: int) -> Callab
         return {**batch, "image": (batch["image"] * scale - mean) / std}
 
     return normalize
+
+
+def padded_eval(
+    num_examples: int,
+    example_or_padding: Callable[[int], dict[str, Any]],
+    *,
+    global_batch_size: int,
+    process_index: int,
+    process_count: int,
+) -> grain.MapDataset:
+    """This process's batches of examples 0 .. num_examples - 1, each once, in order, for every
+    kind of data's evaluation: the global stream is padded to whole global batches (indices past
+    the end are the caller's padding, mask=False), so every process yields the same number of
+    batches and collectives stay in step."""
+    batch_size = per_process_batch_size(global_batch_size, process_count)
+    num_batches = math.ceil(num_examples / global_batch_size)
+    ds = grain.MapDataset.range(num_batches * global_batch_size)
+    return ds[process_index::process_count].map(example_or_padding).batch(batch_size)
 
 
 def per_process_batch_size(global_batch_size: int, process_count: int) -> int:

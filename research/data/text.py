@@ -113,7 +113,6 @@ def eval_batches(
     eval_iters=200). Both estimate the same quantity, the expected per-token loss over the split;
     this one is exact and deterministic, so evaluations are comparable across runs and steps.
     """
-    batch_size = pipeline.per_process_batch_size(global_batch_size, process_count)
     seq_len = _seq_len(data_config)
     tokens = _windowable(data_config, split)
     num_windows = (len(tokens) - 1) // seq_len
@@ -130,9 +129,13 @@ def eval_batches(
             return padding
         return {"inputs": inputs[index], "targets": targets[index], "mask": np.True_}
 
-    num_batches = -(-num_windows // global_batch_size)
-    ds = grain.MapDataset.range(num_batches * global_batch_size)
-    ds = ds[process_index::process_count].map(window_or_padding).batch(batch_size)
+    ds = pipeline.padded_eval(
+        num_windows,
+        window_or_padding,
+        global_batch_size=global_batch_size,
+        process_index=process_index,
+        process_count=process_count,
+    )
     return ds.to_iter_dataset(pipeline.READ_OPTIONS)
 
 

@@ -56,7 +56,6 @@ import functools
 import hashlib
 import itertools
 import logging
-import math
 import sys
 import threading
 from collections.abc import Sequence
@@ -158,7 +157,6 @@ def eval_batches(
     Each pair is in exactly one process's batches; every process yields the same number of
     batches, the last ones padded with mask=False rows (index 0).
     """
-    batch_size = pipeline.per_process_batch_size(global_batch_size, process_count)
     seq_len = data_config.seq_len
     source_tokens, target_tokens = _encoded(
         _source(data_config), _tokenizer_key(data_config), split
@@ -185,9 +183,13 @@ def eval_batches(
             "index": np.int32(index),
         }
 
-    num_batches = math.ceil(num_pairs / global_batch_size)
-    ds = grain.MapDataset.range(num_batches * global_batch_size)
-    ds = ds[process_index::process_count].map(pair_or_padding).batch(batch_size)
+    ds = pipeline.padded_eval(
+        num_pairs,
+        pair_or_padding,
+        global_batch_size=global_batch_size,
+        process_index=process_index,
+        process_count=process_count,
+    )
     return ds.to_iter_dataset(pipeline.READ_OPTIONS)
 
 

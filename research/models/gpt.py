@@ -36,7 +36,7 @@ AUTO_DTYPES = {
     # 40 ms on an AMD EPYC with AVX512-BF16, 15.7 vs 26.6 ms on an Intel Xeon with AMX
     # (bench/NOTES.md, "CPU kinds").
     "cpu_bf16": "bfloat16_matmul",
-    # AVX2 only (AMD EPYC under KVM): the bf16 operands are converted, 66 vs 52 ms (issue 16).
+    # AVX2 only (AMD EPYC under KVM): the bf16 operands are converted, 66 vs 52 ms.
     "cpu": "float32",
     # Native bf16 matmuls, and elementwise work fused in bf16 (half the memory traffic): the usual
     # mixed precision of the flax and big_vision examples. Not measured here (no accelerator).

@@ -139,6 +139,7 @@ def defaults() -> ml_collections.ConfigDict:
             "seed": 0,
             "log_every_steps": 50,
             "eval_every_steps": 500,
+            "eval_max_batches": 0,  # Batches scored at intermediate evals; 0 = all. Last eval: all.
             "checkpoint_every_steps": 500,
             "keep_checkpoints": 3,
             "best_metric": "eval/accuracy",  # Keeps the best checkpoint; drives early stopping.
@@ -589,6 +590,7 @@ def rules() -> dict[str, Rule]:
         "train.seed": SEED,
         "train.log_every_steps": POSITIVE_INT,
         "train.eval_every_steps": POSITIVE_INT,
+        "train.eval_max_batches": COUNT,
         "train.checkpoint_every_steps": POSITIVE_INT,
         "train.keep_checkpoints": POSITIVE_INT,
         "train.best_metric": TEXT,  # "" or eval/<a metric of the task>, checked before a run.

@@ -7,6 +7,7 @@ the loop, final evaluation. The state and the steps are research/steps.py's; thi
 
 import dataclasses
 import functools
+import itertools
 import logging
 import sys
 import time
@@ -320,10 +321,12 @@ def _train(
     # ---------------------------------------------------------------------------------------------
     evaluator = Evaluator.build(parts, prep.info, prep.eval_data, mesh, wd if is_main else None)
 
-    def evaluate(state: dict, split: str, generate: bool) -> tuple[dict[str, float], dict]:
+    def evaluate(
+        state: dict, split: str, generate: bool, max_batches: int = 0
+    ) -> tuple[dict[str, float], dict]:
         """Metrics of the current (or EMA) parameters on a split (see `Evaluator`)."""
         params = state["ema_params"] if parts.ema_decay else state["params"]
-        return evaluator(params, state["model_state"], split, generate)
+        return evaluator(params, state["model_state"], split, generate, max_batches)
 
     # ---------------------------------------------------------------------------------------------
     # Checkpoint: resume from the newest readable step, or initialise.
@@ -471,7 +474,12 @@ def _train(
 
                 eval_metrics = None
                 if step % tc.eval_every_steps == 0 or step == tc.steps:
-                    values, _ = evaluate(state, config.data.eval_split, config.decode.on_eval)
+                    # train.eval_max_batches: intermediate evaluations may score a fixed prefix of
+                    # the split (a cheaper, still deterministic estimate); the last one scores all.
+                    cap = tc.eval_max_batches if step < tc.steps else 0
+                    values, _ = evaluate(
+                        state, config.data.eval_split, config.decode.on_eval, max_batches=cap
+                    )
                     writer.write(step, "eval", values)
                     eval_metrics = {f"eval/{k}": v for k, v in values.items()}
                     if headline in eval_metrics:
@@ -591,11 +599,12 @@ class Evaluator:
         return cls(parts, info, eval_data, mesh, eval_step, generate_step, write_to)
 
     def __call__(
-        self, params: dict, model_state: dict, split: str, generate: bool
+        self, params: dict, model_state: dict, split: str, generate: bool, max_batches: int = 0
     ) -> tuple[dict[str, float], dict]:
-        """(metrics, details) of `params` on TFDS split `split`."""
+        """(metrics, details) of `params` on TFDS split `split`: its first `max_batches` batches
+        (every process has the same number of batches), or all of it when 0."""
         collected = []
-        for local in self.eval_data[split]:
+        for local in itertools.islice(self.eval_data[split], max_batches or None):
             batch = parallel.global_batch(local, self.mesh)
             outputs = self.eval_step(params, model_state, batch)
             if generate and self.generate_step is not None:

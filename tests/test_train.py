@@ -142,6 +142,33 @@ def test_each_eval_split_is_built_once(tmp_path, monkeypatch):
     assert 0.0 <= result["metrics"]["test/accuracy"] <= 1.0
 
 
+def test_eval_max_batches_caps_intermediate_evaluations_only(tmp_path, monkeypatch):
+    """train.eval_max_batches: the step-6 evaluation scores 2 batches; the last one and the test
+    evaluation score the whole split, so the reported result is unchanged."""
+    taken = []
+
+    class Counted:
+        def __init__(self, batches):
+            self.batches = batches
+
+        def __iter__(self):
+            taken.append(0)
+            for batch in self.batches:
+                taken[-1] += 1
+                yield batch
+
+    eval_batches = data.eval_batches
+    monkeypatch.setattr(data, "eval_batches", lambda c, s, **kw: Counted(eval_batches(c, s, **kw)))
+    overrides = {"train.eval_every_steps": "6", "train.eval_batch_size": "32"}
+    full = train.run(smoke_config(overrides), tmp_path / "full")
+    whole = taken[0]
+    assert whole == 12 and taken == [whole] * 3  # 360 examples in batches of 32; 3 evaluations.
+    taken.clear()
+    capped = train.run(smoke_config(overrides | {"train.eval_max_batches": "2"}), tmp_path / "cap")
+    assert taken == [2, whole, whole]  # A generator stops pulling when islice is done.
+    assert capped["metrics"] == full["metrics"]
+
+
 def test_gradient_accumulation_matches_the_full_batch(tmp_path):
     """k micro-batches give the full-batch update (no BatchNorm, no dropout): equal to float error."""
     base = {"train.steps": "4", "train.eval_every_steps": "4", "train.checkpoint_every_steps": "4"}

@@ -10,6 +10,7 @@
     python launch.py average --workdir=runs/wmt_base --last=5   # average checkpoints, evaluate
     python launch.py eval --workdir=runs/digits [--best | --step=N] [--config=experiments/x.py ...]
     python launch.py export --workdir=runs/shakespeare --out=hf/shakespeare [--step=N]
+    python launch.py plan --config=experiments/openwebtext_gpt2.py [--mfu=0.4] [--time_steps=5]
 
 Relaunching a workdir resumes its run; if the config differs in more than how long and how often
 it logs, evaluates and saves, the launch is refused: use a fresh --workdir, or
@@ -22,6 +23,8 @@ writes them as a SLURM job array; `report` tabulates and plots finished runs.
 `eval` evaluates a run's (or another source's) weights on an experiment's data (research/evaluate.py);
 `export` writes a run's weights as a Hugging Face checkpoint, config.json + model.safetensors, that
 `transformers` loads (GPT-2, BERT, ViT; research/pretrained.py, which also imports them).
+`plan` trains nothing: parameters, FLOPs, memory per device, the devices a run fits and its time
+at a stated MFU, from the step compiled from shapes (research/plan.py).
 `launch.py sweep -h` and `launch.py report -h` list their flags.
 
 Mistakes (unknown key, wrong type, invalid value, missing file or data, a workdir that is busy or
@@ -125,6 +128,8 @@ def main(argv: list[str]) -> int:
             return eval_command(argv[1:])
         if argv[:1] == ["export"]:
             return export_command(argv[1:])
+        if argv[:1] == ["plan"]:
+            return plan_command(argv[1:])
         args, overrides = parse(argv)
         config = build_config(args.config, overrides)
         from research import parallel
@@ -374,6 +379,38 @@ def export_command(argv: list[str]) -> int:
         raise ConfigError("--workdir and --out must not be empty")
     architecture = pretrained.export_run(args.workdir, args.out, args.step)
     print(f"wrote {architecture} to {args.out} (config.json, model.safetensors)")
+    return 0
+
+
+def plan_command(argv: list[str]) -> int:
+    """`launch.py plan`: what a run needs (memory, FLOPs, devices, time); nothing is trained."""
+    from research import plan
+    from research.config import build_config, parse_overrides
+
+    parser = ArgumentParser(
+        prog="launch.py plan",
+        description=plan.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config", required=True, help="experiment file, optionally with :arg (a variant)"
+    )
+    parser.add_argument(
+        "--mfu", type=float, default=0.4, help="model FLOPs utilisation for the times (0.4)"
+    )
+    parser.add_argument(
+        "--time_steps", type=int, default=0, help="also run this many real steps here (0: none)"
+    )
+    args, rest = parser.parse_known_args(argv)
+    if not 0 < args.mfu <= 1:
+        raise ConfigError(f"--mfu={args.mfu}: give a fraction of the peak in (0, 1]")
+    if args.time_steps < 0:
+        raise ConfigError(f"--time_steps={args.time_steps}: give 0 (none) or more steps")
+    config = build_config(args.config, parse_overrides(rest))
+    planned = plan.make(config)
+    print(planned.describe(mfu=args.mfu), flush=True)
+    if args.time_steps:
+        print(plan.describe_measured(planned, plan.measure(planned, args.time_steps)))
     return 0
 
 

@@ -768,7 +768,7 @@ def smoke(config: ml_collections.ConfigDict) -> None:
     plumbing). Pre-trained weights (`init.source`), which a smoke run cannot download, become the
     committed random checkpoint of the same family (tests/fixtures/hf, SMOKE_CHECKPOINTS) and the
     model takes its size, so the import runs too; GPT-2's BPE, which downloads its files, becomes
-    the character tokenizer.
+    the character tokenizer (except over token files, which hold its ids already).
     """
     from research import data, models, pretrained
 
@@ -782,7 +782,7 @@ def smoke(config: ml_collections.ConfigDict) -> None:
             config.model.update({**fields, **keep})
     if config.data.kind in ("masked_text", "text_classification") and config.init.source:
         config.data.tokenizer_model = ""  # The checkpoint's vocab.txt: trained on the mock text.
-    if config.data.tokenizer == "gpt2":
+    if config.data.tokenizer == "gpt2" and not data.holds_token_ids(config.data):
         config.data.tokenizer = "char"
     if not data.available_offline(config.data):
         config.data.mock = True

@@ -11,7 +11,8 @@ The trainer needs three calls (see pipeline.py, sources.py and text.py for what 
 `config.data.kind` picks who answers them, through KINDS:
 
     "images"  labelled images (pipeline.py, sources.py): {"image", "label"} batches
-    "text"    token windows for language models (text.py): {"inputs", "targets"} batches
+    "text"    token windows for language models (text.py): {"inputs", "targets"} batches, from
+              text (tokenized here) or nanoGPT's token files (token_files.py)
     "translation"  sentence pairs (translation.py): {"source", "target_in", "target_out", ...}
     "masked_text"  masked WordPiece windows for BERT pre-training (masked_text.py):
                    {"tokens", "segments", "targets", "weights"}
@@ -24,7 +25,15 @@ from collections.abc import Callable
 
 import ml_collections
 
-from research.data import labelled_text, masked_text, pipeline, sources, text, translation
+from research.data import (
+    labelled_text,
+    masked_text,
+    pipeline,
+    sources,
+    text,
+    token_files,
+    translation,
+)
 from research.data.sources import DatasetInfo
 from research.errors import ConfigError, DatasetUnavailable
 
@@ -58,9 +67,14 @@ def _kind(data_config: ml_collections.ConfigDict) -> Kind:
 
 def available_offline(data_config: ml_collections.ConfigDict) -> bool:
     """Whether the data needs no download: tfds mock data, or a builder prepared locally."""
-    if data_config.name in ("speakers", sources.IMAGE_FOLDER):  # Made from the files at data.path.
-        return data_config.mock or bool(data_config.path)
+    if data_config.name in ("speakers", sources.IMAGE_FOLDER, token_files.NAME):
+        return data_config.mock or bool(data_config.path)  # Made from the files at data.path.
     return data_config.mock or data_config.name in sources.LOCAL_BUILDERS
+
+
+def holds_token_ids(data_config: ml_collections.ConfigDict) -> bool:
+    """Whether the data is token ids already (token files): its tokenizer is never run."""
+    return data_config.kind == "text" and data_config.name == token_files.NAME
 
 
 def info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
@@ -90,6 +104,7 @@ __all__ = [
     "DatasetUnavailable",
     "available_offline",
     "eval_batches",
+    "holds_token_ids",
     "info",
     "train_iterator",
 ]

@@ -14,6 +14,10 @@ split's token stream is its examples' texts concatenated, then tokenized:
 * `data.mock`: `data.name` through `tfds.testing.mock_data`: 512 random strings over
   " abcdefghij" per split, for smoke tests offline.
 
+Or, already tokenized: `data.name = "token_files"` with `data.path = DIR` reads each split as
+DIR/<split>.bin, nanoGPT's uint16 token files, memory-mapped (research/data/token_files.py); the
+ids are data.tokenizer's (gpt2) and nothing is tokenized here.
+
 In both layouts "train" is nanoGPT's train split (the first int(0.9 * n) characters) and
 "validation+test" (a TFDS split string) its val split, the last 10%.
 
@@ -37,17 +41,23 @@ import grain
 import ml_collections
 import numpy as np
 
-from research.data import pipeline, sources, speakers, text_file, tokenizers
+from research.data import pipeline, sources, speakers, text_file, token_files, tokenizers
 from research.errors import ConfigError, DatasetUnavailable
 
 
 def tokenizer(data_config: ml_collections.ConfigDict) -> tokenizers.Tokenizer:
     """The configured tokenizer; "char" is fitted on the text of all splits together."""
+    if data_config.name == token_files.NAME:  # Ids already: a fixed vocabulary, nothing to fit.
+        token_files.vocabulary(data_config)  # Checks that data.tokenizer is one such files hold.
+        return tokenizers.TOKENIZERS[data_config.tokenizer].fit("")
     return _tokenizer(source_key(data_config), data_config.tokenizer)
 
 
 def split_tokens(data_config: ml_collections.ConfigDict, split: str) -> np.ndarray:
-    """The int32 token stream of `split` (a TFDS split string such as "validation+test")."""
+    """The token stream of `split` (a TFDS split string such as "validation+test"): int32, or
+    for token files their uint16 memory map (windows are made int32)."""
+    if data_config.name == token_files.NAME:
+        return token_files.split_tokens(data_config, split)
     key = source_key(data_config)
     return _tokens(key, data_config.tokenizer, split)
 
@@ -55,14 +65,19 @@ def split_tokens(data_config: ml_collections.ConfigDict, split: str) -> np.ndarr
 def info(data_config: ml_collections.ConfigDict) -> sources.DatasetInfo:
     """Vocabulary size (as num_classes), window shape (T,) and the number of train tokens."""
     seq_len = _seq_len(data_config)
-    tok = tokenizer(data_config)
+    if data_config.name == token_files.NAME:  # Without loading the tokenizer's files.
+        vocab_size, files = token_files.vocabulary(data_config)
+    else:
+        tok = tokenizer(data_config)
+        # research/sample.py decodes with the saved tokenizer.
+        vocab_size, files = tok.vocab_size, {"tokenizer.json": tok.to_json()}
     train = _windowable(data_config, data_config.train_split)
     return sources.DatasetInfo(
-        num_classes=tok.vocab_size,
+        num_classes=vocab_size,
         class_names=[],
         input_shape=(seq_len,),
         num_train=len(train),
-        workdir_files={"tokenizer.json": tok.to_json()},  # research/sample.py decodes with it.
+        workdir_files=files,
     )
 
 
@@ -87,7 +102,8 @@ def train_iterator(
     def random_window(index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         del index  # The position seeds `rng`; the window is all that depends on it.
         i = rng.integers(num_starts)
-        return {"inputs": tokens[i : i + seq_len], "targets": tokens[i + 1 : i + seq_len + 1]}
+        window = np.asarray(tokens[i : i + seq_len + 1], np.int32)  # A copy only from uint16.
+        return {"inputs": window[:-1], "targets": window[1:]}
 
     ds = grain.MapDataset.range(sys.maxsize).seed(seed).random_map(random_window)
     ds = ds[process_index::process_count].batch(batch_size, drop_remainder=True)
@@ -127,7 +143,11 @@ def eval_batches(
     def window_or_padding(index: int) -> dict[str, Any]:
         if index >= num_windows:
             return padding
-        return {"inputs": inputs[index], "targets": targets[index], "mask": np.True_}
+        return {
+            "inputs": np.asarray(inputs[index], np.int32),
+            "targets": np.asarray(targets[index], np.int32),
+            "mask": np.True_,
+        }
 
     ds = pipeline.padded_eval(
         num_windows,

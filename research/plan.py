@@ -139,7 +139,14 @@ class Setup:
 
 
 def setup(config: ml_collections.ConfigDict) -> Setup:
-    """Shapes and shardings of the configured run on this machine's devices; nothing allocated."""
+    """Shapes and shardings of the configured run on this machine's devices; nothing allocated.
+
+    FSDP over more devices than this machine has is compiled here with the state replicated
+    (parallel.fsdp=1); the per-kind table still shards the state as configured.
+    """
+    if jax.device_count() % config.parallel.fsdp:
+        config = ml_collections.ConfigDict(config.to_dict())
+        config.parallel.fsdp = 1
     parallel.validate(config, jax.device_count())
     info, example, source = _data_shapes(config)
     parts = steps.build(config, info.input_shape)
@@ -470,7 +477,8 @@ def make(config: ml_collections.ConfigDict) -> Plan:
     return Plan(
         experiment=config.experiment,
         data_source=s.data_source,
-        here=f"{here} {jax.default_backend()} device(s)",
+        here=f"{here} {jax.default_backend()} device(s)"
+        + (f", parallel.fsdp={s.config.parallel.fsdp}" if s.config is not config else ""),
         device_count=here,
         num_params=num_params,
         batch_size=tc.batch_size,

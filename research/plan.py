@@ -102,11 +102,14 @@ MAX_DEVICES = 1024  # The largest data-parallel layout the table considers.
 
 def device_kind(device: Any = None) -> Device | None:
     """The DEVICES entry of a jax device (default: this process's first), or None (CPUs,
-    unknown accelerators): the first whose pattern its device_kind matches."""
+    unknown accelerators)."""
     device = device or jax.local_devices()[0]
-    if device.platform == "cpu":
-        return None
-    return next((d for d in DEVICES if re.search(d.pattern, device.device_kind)), None)
+    return None if device.platform == "cpu" else named(device.device_kind)
+
+
+def named(kind: str) -> Device | None:
+    """The first DEVICES entry whose pattern finds itself in jax's device_kind `kind`, or None."""
+    return next((d for d in DEVICES if re.search(d.pattern, kind)), None)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -486,7 +489,7 @@ def make(config: ml_collections.ConfigDict) -> Plan:
         steps=tc.steps,
         tokens_per_example=tokens,
         compiled_flops=first.flops,
-        estimate_flops=_estimate_flops(config, params, tokens) * tc.batch_size * tokens or None,
+        estimate_flops=gpt_flops_per_token(config, params, tokens) * tc.batch_size * tokens or None,
         state=state_bytes(s.abstract_state, s.state_sharding),
         batch_bytes=int(row_bytes * tc.batch_size / here),
         activations=activation_bytes(s, max(1, tc.batch_size // (here * k))),
@@ -499,7 +502,7 @@ def make(config: ml_collections.ConfigDict) -> Plan:
     )
 
 
-def _estimate_flops(config: ml_collections.ConfigDict, params: Mapping, tokens: int) -> float:
+def gpt_flops_per_token(config: ml_collections.ConfigDict, params: Mapping, tokens: int) -> float:
     """nanoGPT's estimate_mfu FLOPs per token for GPT: 6N + 12 L D T (N without the position
     table, whose rows are looked up, not multiplied); 0 for other models."""
     if config.model.name != "gpt" or not tokens:
@@ -548,28 +551,28 @@ def _duration(seconds: float) -> str:
 # -------------------------------------------------------------------------------------------------
 
 
-def measure(plan: Plan, steps_to_time: int = 5) -> dict[str, Any]:
-    """Allocate the state as the trainer does, run the plan's compiled step on a batch of zeros
-    (`steps_to_time` timed calls after one warm-up) and report what it took and holds."""
-    s, compiled, tc = plan.setup, plan.compiled, plan.setup.config.train
+def run_steps(s: Setup, compiled: Compiled, count: int) -> dict[str, Any]:
+    """Allocate the state as the trainer does and a batch of zeros (the step's cost does not
+    depend on the values), run `compiled` once to warm up and `count` times timed. Returns the
+    seconds of each timed call, the bytes of the state and batch on this process's first device,
+    the peak bytes its allocator reports in use (None where it reports none: CPUs) and the loss."""
     state = jax.jit(lambda key: steps.init_state(s.parts, key), out_shardings=s.state_sharding)(
         s.parts.init_key
     )
     sharding = parallel.batch_sharding(s.mesh)
     batch = {
-        k: jax.device_put(np.zeros((tc.batch_size, *x.shape), x.dtype), sharding)
+        k: jax.device_put(np.zeros((compiled.batch_size, *x.shape), x.dtype), sharding)
         for k, x in s.example.items()
     }
     state, metrics = compiled.executable(state, batch)  # Warm-up.
     jax.block_until_ready(metrics)
     seconds = []
-    for _ in range(steps_to_time):
+    for _ in range(count):
         start = time.perf_counter()
         state, metrics = compiled.executable(state, batch)
         jax.block_until_ready(metrics)
         seconds.append(time.perf_counter() - start)
     device = jax.local_devices()[0]
-    # The buffers the run holds on this device: the state (as sharded) and the batch.
     allocated = sum(
         shard.data.nbytes
         for array in jax.tree.leaves((state, batch))
@@ -577,20 +580,32 @@ def measure(plan: Plan, steps_to_time: int = 5) -> dict[str, Any]:
         if shard.device == device
     )
     stats = device.memory_stats() or {}  # None on a CPU.
-    step_s = statistics.median(seconds)
+    return {
+        "seconds": seconds,
+        "allocated_bytes": int(allocated),
+        "peak_bytes": stats.get("peak_bytes_in_use"),
+        "loss": float(metrics["loss"]),
+    }
+
+
+def measure(plan: Plan, steps_to_time: int = 5) -> dict[str, Any]:
+    """The plan's step, for real on this machine (`run_steps`): median time per update, FLOP/s,
+    MFU where this device's peak is known, and the memory it holds."""
+    ran = run_steps(plan.setup, plan.compiled, steps_to_time)
+    step_s = statistics.median(ran["seconds"])
+    device = jax.local_devices()[0]
     kind = device_kind(device)
+    model_flops_per_s = plan.model_flops / step_s
     return {
         "steps": steps_to_time,
         "ms_per_step": step_s * 1e3,
-        "flops_per_s": compiled.flops / step_s,  # XLA's count
-        "model_flops_per_s": plan.model_flops / step_s,  # What MFU is of.
-        "mfu": plan.model_flops / step_s / (jax.device_count() * kind.peak_tflops * 1e12)
-        if kind
-        else None,
+        "flops_per_s": plan.compiled.flops / step_s,  # XLA's count
+        "model_flops_per_s": model_flops_per_s,  # What MFU is of.
+        "mfu": model_flops_per_s / (jax.device_count() * kind.peak_tflops * 1e12) if kind else None,
         "device": kind.name if kind else device.device_kind,
-        "allocated_bytes": int(allocated),
-        "peak_bytes": stats.get("peak_bytes_in_use"),  # Temporaries included; GPU and TPU.
-        "loss": float(metrics["loss"]),
+        "allocated_bytes": ran["allocated_bytes"],
+        "peak_bytes": ran["peak_bytes"],  # Temporaries included; GPU and TPU.
+        "loss": ran["loss"],
     }
 
 

@@ -101,7 +101,7 @@ def test_gpt2_flop_estimate_is_nanogpts():
     params = steps.abstract_state(parts)["params"]
     n = 124_373_760 - 1024 * 768
     assert n == 123_587_328
-    assert plan._estimate_flops(c, params, 1024) == 6 * n + 12 * 12 * 768 * 1024
+    assert plan.gpt_flops_per_token(c, params, 1024) == 6 * n + 12 * 12 * 768 * 1024
 
 
 def test_devices_table(planned):
@@ -183,3 +183,14 @@ def test_plan_on_eight_devices_with_fsdp(tmp_path):
     # FSDP halves every array with an even dimension: all of them here but AdamW's count.
     assert r["state"]["params"] == 4 * 14_976 // 2
     assert r["predicted"] == pytest.approx(total(r["memory"]), rel=1e-9)
+
+
+def test_accelerator_benchmark_without_an_accelerator_says_so_and_exits_0():
+    out = subprocess.run(
+        [sys.executable, "bench/accelerator.py"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (
+        out.stdout.startswith("no accelerator: JAX's backend is cpu")
+        and "nothing measured" in out.stdout
+    )

@@ -37,9 +37,10 @@ loss).
 Expected: val loss about 2.85 (nanoGPT README: "go down to loss of ~2.85"; config/train_gpt2.py:
 "down to very nice loss of ~2.85"), checked as <= 2.85 + 0.05. Not run here.
 Runtime: about 4 days on one 8x A100 40GB node (nanoGPT README; the config file says ~5 days).
-`launch.py plan` prints the compiled step's FLOPs and memory per device and, per device kind, how
-many are needed and the run time at a stated MFU: at 40% of the A100's 312 TFLOP/s, 8 GPUs take
-about 3 days (docs/plan.md).
+`launch.py plan` counts 8.55e8 model FLOPs per token, 2.5e20 for the run: 2.9 days on 8 A100s at
+40% MFU (4 days is 29%). Its memory per device, as XLA:CPU lays out this checkout's step (einsum
+attention's float32 scores, the 5 micro-batches alive at once), is ~2.9 GiB per sequence, more
+than an A100 holds at 8 devices' 60 sequences each: the plan's table and why, docs/plan.md.
 Variants: devices=N (1, 2, 4 or 8: nanoGPT's micro-batch of 12 on N devices), tfds=NAME (a TFDS
 text dataset, GPT-2 BPE tokenized here; eval split "test"), smoke.
 """

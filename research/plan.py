@@ -5,7 +5,7 @@ devices it fits and how many of them, and how long it takes at a stated utilisat
 
     plan = research.plan.make(config)      # compiles the step from shapes; allocates nothing
     print(plan.describe(mfu=0.4))
-    measured = research.plan.measure(config, steps=5)   # this machine, for real
+    measured = research.plan.measure(plan, 5)  # this machine, for real: 5 timed steps
 
 Everything comes from the real training step, compiled as the trainer compiles it
 (research/steps.py `compile_train_step`, on the mesh research/parallel.py makes of this machine's
@@ -33,14 +33,14 @@ the plan of a model far larger than this machine still runs here.
   batch / n rows. Temporaries grow linearly with the rows a device holds: the step is compiled a
   second time at another batch, and the line through the two gives the temporaries for any n. A
   kind fits when the total is within what JAX may use of its memory (GPUs: 75%, JAX's default
-  preallocation; TPUs: all of it). "devices" is the fewest n of 1, 2, 4, ... (dividing the batch
-  into equal micro-batches) that fits; step time = model FLOPs per update / (n x peak x mfu), run
-  time = train.steps x step time (evaluations and checkpoints not counted).
+  preallocation; TPUs: all of it). "devices" is the fewest n that fits and splits every
+  micro-batch evenly; step time = model FLOPs per update / (n x peak x mfu), run time =
+  train.steps x step time (evaluations and checkpoints not counted).
 - `measure`: this machine, for real. The state is allocated as the trainer allocates it, the
   compiled step runs a few times on a batch of zeros, and the median step time, the FLOP/s (MFU
-  where this device's peak is known) and the memory the backend reports at its peak (GPU and TPU
-  `memory_stats`; a CPU reports none, so there the bytes of the live arrays: state and batch) are
-  set beside the plan's.
+  where this device's peak is known), the bytes of the state and batch it holds and the peak
+  the allocator reports in use (GPU and TPU `memory_stats`; a CPU reports none) are set beside
+  the plan's.
 
 The data gives the batch's shapes: the configured data when it is readable here, else
 `data.mock` data of the real shapes (say, before the token files are downloaded).
@@ -321,6 +321,8 @@ class Layout:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
+    """What `make` found; `describe` prints it. "Here" is this machine's devices."""
+
     experiment: str
     data_source: str
     here: str  # This machine's devices, e.g. "1 cpu device".

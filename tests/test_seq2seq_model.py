@@ -124,8 +124,8 @@ def test_initialization_follows_tensor2tensor():
 def test_fields_are_checked_and_the_model_is_registered():
     with pytest.raises(ValueError, match=r"unknown Transformer norm_position 'middle'"):
         transformer.Transformer(norm_position="middle")
-    with pytest.raises(ValueError, match="unknown Transformer dtype 'float16'"):
-        transformer.Transformer(dtype="float16")
+    with pytest.raises(ValueError, match="unknown Transformer dtype 'float8'"):
+        transformer.Transformer(dtype="float8")
     with pytest.raises(ValueError, match="Transformer decoder_layers must be >= 1, got 0"):
         transformer.Transformer(decoder_layers=0)
     with pytest.raises(ValueError, match=r"attention_dropout_rate must be in \[0, 1\), got 1.0"):

@@ -151,8 +151,8 @@ def test_bad_config_strings_fail_at_construction():
         gpt.GPTTiny(norm="batch")
     with pytest.raises(ValueError, match="unknown GPT pos_emb 'alibi'"):
         gpt.GPTTiny(pos_emb="alibi")
-    with pytest.raises(ValueError, match="unknown GPT dtype 'float16'"):
-        gpt.GPTTiny(dtype="float16")
+    with pytest.raises(ValueError, match="unknown GPT dtype 'float8'"):
+        gpt.GPTTiny(dtype="float8")
     with pytest.raises(ValueError, match="divisible by num_heads"):
         gpt.GPTTiny(num_heads=3)
 

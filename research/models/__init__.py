@@ -16,7 +16,7 @@ What the trainer asks of a model, and nothing else:
     LAYERS[name]                       its numbered blocks and its embeddings, as regexes over
                                        parameter paths (layer-wise learning-rate decay)
 
-`model.dtype="auto"` (the models whose dtype is one of gpt.DTYPES) is resolved here, when the
+`model.dtype="auto"` (the transformers, whose dtype is one of precision.DTYPES) is resolved here, when the
 model is built, to the precision measured fastest on this processor (gpt.AUTO_DTYPES): every path
 that builds a model (train, eval, sample, average, export) builds the same one. The config keeps
 "auto"; `dtype(config.model)` is what it resolved to (the run's first line, provenance.json).
@@ -45,7 +45,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "bert": bert.Bert,
 }
 
-# Models whose `dtype` is one of gpt.DTYPES, and so may be "auto" (gpt.AUTO_DTYPES).
+# Models whose `dtype` is one of precision.DTYPES (bfloat16_matmul included), and so may be "auto" (gpt.AUTO_DTYPES).
 AUTO_DTYPE_MODELS = ("gpt", "transformer", "vit", "bert")
 
 # Module fields that are not config fields: flax's own, and those the trainer sets.

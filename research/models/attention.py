@@ -70,6 +70,7 @@ class MultiHeadAttention(nn.Module):
     rotary: bool = False  # rotate q and k by position (RoFormer) before the dot product
     rotary_base: float = 10000.0
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
     matmul_dtype: Any = None  # projection operands (float32 accumulation); None = dtype
     kernel_init: Initializer = nn.initializers.normal(0.02)  # GPT-2
     out_kernel_init: Initializer = nn.initializers.normal(0.02)  # GPT sets 0.02/sqrt(2L)
@@ -99,7 +100,7 @@ class MultiHeadAttention(nn.Module):
             use_bias=self.use_bias,
             kernel_init=self.kernel_init,
             dtype=self.dtype,
-            param_dtype=jnp.float32,
+            param_dtype=self.param_dtype,
             dot_general=matmul,
         )
         # Projections are plain 2-D matmuls on [B * T, D]: XLA:CPU runs their gradients

@@ -38,8 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.models import attention, layers
-from research.models.gpt import DTYPES  # the same precisions as GPT: one table
+from research.models import attention, layers, precision
 
 # Turc et al. 2019's grid of (layers, hidden width), and the names they give six of them.
 SIZES: dict[str, tuple[int, int]] = {
@@ -82,12 +81,14 @@ class Bert(nn.Module):
     activation: str = "gelu_exact"  # layers.ACTIVATIONS; modeling.py's gelu is the erf form
     layer_norm_epsilon: float = LAYER_NORM_EPSILON
     pooler: bool = True  # tanh(W h_[CLS] + b); the heads "mlm" and "none" can do without
-    dtype: str = "float32"  # compute precision, one of gpt.DTYPES
+    dtype: str = "float32"  # compute precision, one of precision.DTYPES
+    param_dtype: str = "float32"  # parameters, gradients, optimizer state (precision.py)
+    output_dtype: str = "float32"  # the logits the loss sees (precision.py)
 
     def __post_init__(self) -> None:
         # Bad config values fail here, at construction, in one line each.
         sizes = self.sizes  # decodes the size
-        layers.lookup(DTYPES, self.dtype, "Bert dtype")
+        precision.policy("Bert", self.dtype, self.param_dtype, self.output_dtype)
         layers.require(
             self.head in HEADS, f"unknown Bert head {self.head!r}; choose one of {HEADS}"
         )
@@ -159,7 +160,9 @@ class Bert(nn.Module):
         original's `gather_indexes` (about 15% of T); the vocabulary projection, the largest
         matmul of a small BERT, then costs 15% of predicting every position.
         """
-        dtype, matmul_dtype = DTYPES[self.dtype]
+        dtype, matmul_dtype, param_dtype, output_dtype = precision.policy(
+            "Bert", self.dtype, self.param_dtype, self.output_dtype
+        )
         sizes = self.sizes
         width, length = sizes["hidden_size"], tokens.shape[1]
         if length > self.max_len:
@@ -169,9 +172,9 @@ class Bert(nn.Module):
             )
         init = nn.initializers.truncated_normal(0.02)  # modeling.py initializer_range
         norm = partial(
-            nn.LayerNorm, epsilon=self.layer_norm_epsilon, dtype=dtype, param_dtype=jnp.float32
+            nn.LayerNorm, epsilon=self.layer_norm_epsilon, dtype=dtype, param_dtype=param_dtype
         )
-        dense = partial(nn.Dense, kernel_init=init, dtype=dtype, param_dtype=jnp.float32)
+        dense = partial(nn.Dense, kernel_init=init, dtype=dtype, param_dtype=param_dtype)
         dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
 
         # --- embeddings (Figure 2): token + segment + position, then LayerNorm and dropout ---
@@ -180,7 +183,7 @@ class Bert(nn.Module):
             width,
             embedding_init=init,
             dtype=dtype,
-            param_dtype=jnp.float32,
+            param_dtype=param_dtype,
             name="word_embeddings",
         )
         segments = jnp.zeros_like(tokens) if segments is None else segments
@@ -189,11 +192,16 @@ class Bert(nn.Module):
             width,
             embedding_init=init,
             dtype=dtype,
-            param_dtype=jnp.float32,
+            param_dtype=param_dtype,
             name="segment_embeddings",
         )
         position = layers.LearnedPositionalEmbedding(
-            self.max_len, width, dtype=dtype, embedding_init=init, name="position_embeddings"
+            self.max_len,
+            width,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            embedding_init=init,
+            name="position_embeddings",
         )
         x = word(tokens) + segment(segments) + position(jnp.arange(length))
         x = dropout(norm(name="embeddings_norm")(x))
@@ -211,6 +219,7 @@ class Bert(nn.Module):
                 norm_epsilon=self.layer_norm_epsilon,
                 norm_position="post",
                 dtype=dtype,
+                param_dtype=param_dtype,
                 matmul_dtype=matmul_dtype,
                 kernel_init=init,
                 out_kernel_init=init,
@@ -220,20 +229,20 @@ class Bert(nn.Module):
         # --- heads ---
         pooled = jnp.tanh(dense(width, name="pooler")(x[:, 0])) if self.pooler else None  # [CLS]
         if self.head == "none":
-            x = x.astype(jnp.float32)
-            return x if pooled is None else (x, pooled.astype(jnp.float32))
+            x = x.astype(output_dtype)
+            return x if pooled is None else (x, pooled.astype(output_dtype))
         if self.head == "classifier":
             logits = dense(self.num_classes, name="classifier")(dropout(pooled))
-            return logits.astype(jnp.float32)
+            return logits.astype(output_dtype)
         if positions is not None:
             x = jnp.take_along_axis(x, positions[..., None], axis=1)  # [B, P, H]
         h = dense(width, name="mlm_transform")(x)
         h = norm(name="mlm_norm")(layers.ACTIVATIONS[self.activation][0](h))
-        bias = self.param("mlm_bias", nn.initializers.zeros, (self.vocab_size,))
-        mlm_logits = (word.attend(h) + bias).astype(jnp.float32)
+        bias = self.param("mlm_bias", nn.initializers.zeros, (self.vocab_size,), param_dtype)
+        mlm_logits = (word.attend(h) + bias).astype(output_dtype)
         if self.head == "mlm":
             return mlm_logits
-        nsp_logits = dense(2, name="nsp")(pooled).astype(jnp.float32)
+        nsp_logits = dense(2, name="nsp")(pooled).astype(output_dtype)
         return mlm_logits, nsp_logits
 
 

@@ -1,7 +1,7 @@
 """Small convolutional classifiers: a digits-sized CNN and LeNet-5 (LeCun et al. 1998).
 
-Both take float32 NHWC images and return float32 logits [B, num_classes]; `dtype`
-is the compute dtype, parameters stay float32.
+Both take float32 NHWC images and return logits [B, num_classes]; `dtype` is the compute dtype,
+`param_dtype` the parameters' and `output_dtype` the logits' (float32 by default; precision.py).
 """
 
 from collections.abc import Callable, Sequence
@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from research.models import precision
 from research.models.layers import require
 
 # Short names a config can use for `LeNet5.activation` (STYLE principle 2).
@@ -18,7 +19,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
 }
 
-COMPUTE_DTYPES = ("float32", "bfloat16", "float16")  # `dtype`; parameters stay float32.
+COMPUTE_DTYPES = precision.CONV_DTYPES  # `dtype`: no Dense-only bfloat16_matmul for convs.
 
 # LeCun normal (LeCun et al. 1998, "Efficient BackProp"): flax's default, written out.
 lecun_normal = nn.initializers.lecun_normal()
@@ -31,7 +32,9 @@ class SmallCNN(nn.Module):
     features: Sequence[int] = (32, 64)
     hidden: int = 128
     dropout_rate: float = 0.0
-    dtype: str = "float32"
+    dtype: str = "float32"  # compute: float32 | bfloat16 | float16 (precision.CONV_DTYPES)
+    param_dtype: str = "float32"  # parameters, gradients, optimizer state (precision.py)
+    output_dtype: str = "float32"  # the logits the loss sees (precision.py)
 
     def __post_init__(self) -> None:
         require(self.num_classes >= 1, f"SmallCNN num_classes must be >= 1, got {self.num_classes}")
@@ -44,7 +47,9 @@ class SmallCNN(nn.Module):
             0 <= self.dropout_rate < 1,
             f"SmallCNN dropout_rate must be in [0, 1), got {self.dropout_rate}",
         )
-        require(self.dtype in COMPUTE_DTYPES, f"SmallCNN dtype must be one of {COMPUTE_DTYPES}")
+        precision.policy(
+            "SmallCNN", self.dtype, self.param_dtype, self.output_dtype, COMPUTE_DTYPES
+        )
         super().__post_init__()
 
     @property
@@ -54,8 +59,10 @@ class SmallCNN(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         """Logits [B, num_classes] for images [B, H, W, C]."""
-        dtype = jnp.dtype(self.dtype)
-        layer = dict(dtype=dtype, param_dtype=jnp.float32, kernel_init=lecun_normal)
+        dtype, _, param_dtype, output_dtype = precision.policy(
+            "", self.dtype, self.param_dtype, self.output_dtype, COMPUTE_DTYPES
+        )
+        layer = dict(dtype=dtype, param_dtype=param_dtype, kernel_init=lecun_normal)
         # SAME padding keeps all 8x8 pixels of sklearn digits before the single pool.
         for width in self.features:
             x = nn.relu(nn.Conv(width, (3, 3), padding="SAME", **layer)(x))
@@ -64,7 +71,7 @@ class SmallCNN(nn.Module):
         x = nn.relu(nn.Dense(self.hidden, **layer)(x))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = nn.Dense(self.num_classes, **layer)(x)
-        return x.astype(jnp.float32)
+        return x.astype(output_dtype)
 
 
 class LeNet5(nn.Module):
@@ -76,7 +83,9 @@ class LeNet5(nn.Module):
     # stroke end-points can reach the centre of the top feature detectors' receptive
     # fields; smaller inputs are zero-padded symmetrically up to this size (pad 2 for MNIST).
     input_size: int = 32
-    dtype: str = "float32"
+    dtype: str = "float32"  # compute: float32 | bfloat16 | float16 (precision.CONV_DTYPES)
+    param_dtype: str = "float32"  # parameters, gradients, optimizer state (precision.py)
+    output_dtype: str = "float32"  # the logits the loss sees (precision.py)
 
     def __post_init__(self) -> None:
         require(
@@ -86,7 +95,7 @@ class LeNet5(nn.Module):
         require(self.num_classes >= 1, f"LeNet5 num_classes must be >= 1, got {self.num_classes}")
         # C1-S2-C3-S4-C5 take a 32x32 field down to 1x1; a smaller field leaves nothing for C5.
         require(self.input_size >= 32, f"LeNet5 input_size must be >= 32, got {self.input_size}")
-        require(self.dtype in COMPUTE_DTYPES, f"LeNet5 dtype must be one of {COMPUTE_DTYPES}")
+        precision.policy("LeNet5", self.dtype, self.param_dtype, self.output_dtype, COMPUTE_DTYPES)
         super().__post_init__()
 
     @property
@@ -97,9 +106,11 @@ class LeNet5(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         """Logits [B, num_classes] for images [B, H, W, C], H and W at most `input_size`."""
         del train  # no dropout or batch norm in LeNet-5
-        dtype = jnp.dtype(self.dtype)
+        dtype, _, param_dtype, output_dtype = precision.policy(
+            "", self.dtype, self.param_dtype, self.output_dtype, COMPUTE_DTYPES
+        )
         act = ACTIVATIONS[self.activation]
-        layer = dict(dtype=dtype, param_dtype=jnp.float32, kernel_init=lecun_normal)
+        layer = dict(dtype=dtype, param_dtype=param_dtype, kernel_init=lecun_normal)
 
         pad_h, pad_w = self.input_size - x.shape[1], self.input_size - x.shape[2]
         if pad_h < 0 or pad_w < 0:
@@ -123,4 +134,4 @@ class LeNet5(nn.Module):
         x = act(nn.Dense(84, **layer)(x))  # F6
         # A dense output layer stands in for the paper's Euclidean RBF units.
         x = nn.Dense(self.num_classes, **layer)(x)
-        return x.astype(jnp.float32)
+        return x.astype(output_dtype)

@@ -17,17 +17,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.models import layers
+from research.models import layers, precision
 
-# Precisions a config may name, as (activation dtype, matmul operand dtype or None = the same);
-# parameters stay float32 either way. "bfloat16_matmul" rounds only the attention and MLP matmul
-# operands to bfloat16, accumulating in float32 (research/models/precision.py): on CPU it is the
-# fast one, as XLA:CPU's bfloat16 elementwise work is slower than float32 (bench/NOTES.md).
-DTYPES = {
-    "float32": (jnp.float32, None),
-    "bfloat16": (jnp.bfloat16, None),
-    "bfloat16_matmul": (jnp.float32, jnp.bfloat16),
-}
+# Compute precisions a config may name (research/models/precision.py, one table for every
+# transformer): float32 | bfloat16 | float16 | bfloat16_matmul, and "auto" (AUTO_DTYPES).
+DTYPES = precision.DTYPES
 
 # `dtype="auto"`: the precision measured fastest on each kind of processor (research/hardware.py
 # kind()), resolved by models.build before the model is made. GPT `cpu` recipe, ms per step:
@@ -62,6 +56,8 @@ class GPT(nn.Module):
     pos_emb: str = "learned"  # layers.POSITIONAL
     activation: str = "gelu"  # layers.ACTIVATIONS
     dtype: str = "float32"  # compute precision, one of DTYPES
+    param_dtype: str = "float32"  # parameters, gradients, optimizer state (precision.py)
+    output_dtype: str = "float32"  # the logits the loss sees (precision.py)
     tie_embeddings: bool = True  # logits = h @ wte.T (Press & Wolf 2017; GPT-2)
 
     def __post_init__(self) -> None:
@@ -70,7 +66,7 @@ class GPT(nn.Module):
         layers.lookup(layers.RESIDUALS, self.norm_position, "GPT norm_position")
         layers.lookup(layers.POSITIONAL, self.pos_emb, "GPT pos_emb")
         layers.lookup(layers.ACTIVATIONS, self.activation, "GPT activation")
-        layers.lookup(DTYPES, self.dtype, "GPT dtype")
+        precision.policy("GPT", self.dtype, self.param_dtype, self.output_dtype)
         for field in ("vocab_size", "block_size", "num_layers", "num_heads", "embed_dim"):
             value = getattr(self, field)
             layers.require(value >= 1, f"GPT {field} must be >= 1, got {value}")
@@ -105,7 +101,9 @@ class GPT(nn.Module):
                 f"GPT input of {length} tokens exceeds block_size {self.block_size}; set "
                 "data.seq_len <= model.block_size"
             )
-        dtype, matmul_dtype = DTYPES[self.dtype]
+        dtype, matmul_dtype, param_dtype, output_dtype = precision.policy(
+            "GPT", self.dtype, self.param_dtype, self.output_dtype
+        )
         normal = nn.initializers.normal
         # GPT-2 Section 2.3: scale residual-path weights by 1/sqrt(N), N = 2 residual adds/layer.
         out_init = normal(0.02 / math.sqrt(2 * self.num_layers))
@@ -123,14 +121,18 @@ class GPT(nn.Module):
             self.embed_dim,
             embedding_init=normal(0.02),  # GPT-2
             dtype=dtype,
-            param_dtype=jnp.float32,
+            param_dtype=param_dtype,
             name="wte",
         )
         x = wte(tokens)
         pos_module, rotary = layers.POSITIONAL[self.pos_emb]
         if pos_module is not None:
             wpe = pos_module(
-                num_positions=self.block_size, features=self.embed_dim, dtype=dtype, name="wpe"
+                num_positions=self.block_size,
+                features=self.embed_dim,
+                dtype=dtype,
+                param_dtype=param_dtype,
+                name="wpe",
             )
             x = x + wpe(positions)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
@@ -149,6 +151,7 @@ class GPT(nn.Module):
                 rotary=rotary,
                 use_bias=self.use_bias,
                 dtype=dtype,
+                param_dtype=param_dtype,
                 matmul_dtype=matmul_dtype,
                 kernel_init=normal(0.02),
                 out_kernel_init=out_init,
@@ -157,7 +160,11 @@ class GPT(nn.Module):
         if self.norm_position == "pre":  # see layers.RESIDUALS: pre-norm needs a final norm
             final_norm = layers.NORMS[self.norm]
             x = final_norm(
-                use_bias=self.use_bias, epsilon=self.norm_epsilon, dtype=dtype, name="ln_f"
+                use_bias=self.use_bias,
+                epsilon=self.norm_epsilon,
+                dtype=dtype,
+                param_dtype=param_dtype,
+                name="ln_f",
             )(x)
 
         if self.tie_embeddings:
@@ -168,10 +175,10 @@ class GPT(nn.Module):
                 use_bias=False,
                 kernel_init=normal(0.02),
                 dtype=dtype,
-                param_dtype=jnp.float32,
+                param_dtype=param_dtype,
                 name="lm_head",
             )(x)
-        return logits.astype(jnp.float32)
+        return logits.astype(output_dtype)
 
 
 # Sizes as data: GPT-2 paper Table 2 (it lists 117M/345M/762M/1542M; exact counts with tied

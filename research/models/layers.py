@@ -3,7 +3,8 @@
 Every ablatable choice is a short string resolved through a table below (STYLE principle 2):
 NORMS (layer | rms), ACTIVATIONS (gelu | gelu_exact | relu | swiglu), RESIDUALS (pre | post norm) and
 POSITIONAL (learned | sinusoidal | rotary | none). Attention itself lives in attention.py.
-Modules take `dtype` as a jnp dtype (the compute dtype); parameters are always float32.
+Modules take `dtype` (compute) and `param_dtype` as jnp dtypes (research/models/precision.py);
+norms reduce in float32 whatever `dtype` (flax's default), so bfloat16 statistics never round.
 """
 
 from collections.abc import Callable, Mapping
@@ -77,6 +78,7 @@ class MLP(nn.Module):
     activation: str = "gelu"
     use_bias: bool = True
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
     matmul_dtype: Any = None  # operands of both matmuls (float32 accumulation); None = dtype
     kernel_init: Initializer = nn.initializers.normal(0.02)  # GPT-2
     out_kernel_init: Initializer = nn.initializers.normal(0.02)  # GPT sets 0.02/sqrt(2L)
@@ -85,7 +87,7 @@ class MLP(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """[..., D] -> [..., D]."""
         act, gated = lookup(ACTIVATIONS, self.activation, "activation")
-        dense = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=jnp.float32)
+        dense = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
         if self.matmul_dtype:
             dense["dot_general"] = precision.dense_dot_general(self.matmul_dtype)
         # Plain 2-D matmuls: on XLA:CPU a [B, T, D] dot's weight gradient goes through a slow
@@ -122,12 +124,15 @@ class LearnedPositionalEmbedding(nn.Module):
     num_positions: int
     features: int
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
     embedding_init: Initializer = nn.initializers.normal(0.02)  # GPT-2 / nanoGPT
 
     @nn.compact
     def __call__(self, positions: jax.Array) -> jax.Array:
         """Embeddings [..., T, features] for integer `positions` [..., T]."""
-        table = self.param("embedding", self.embedding_init, (self.num_positions, self.features))
+        table = self.param(
+            "embedding", self.embedding_init, (self.num_positions, self.features), self.param_dtype
+        )
         return jnp.take(table, positions, axis=0).astype(self.dtype)
 
 
@@ -137,6 +142,7 @@ class SinusoidalPositionalEmbedding(nn.Module):
     num_positions: int
     features: int
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32  # unused (no parameters): interchangeable with the learned one
 
     @nn.compact
     def __call__(self, positions: jax.Array) -> jax.Array:
@@ -192,6 +198,7 @@ class TransformerBlock(nn.Module):
     rotary: bool = False
     use_bias: bool = True
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
     matmul_dtype: Any = None  # operands of the attention and MLP matmuls; None = dtype
     kernel_init: Initializer = nn.initializers.normal(0.02)  # GPT-2
     out_kernel_init: Initializer = nn.initializers.normal(0.02)  # GPT sets 0.02/sqrt(2L)
@@ -216,6 +223,7 @@ class TransformerBlock(nn.Module):
             lookup(NORMS, self.norm, "norm"),
             use_bias=self.use_bias,
             dtype=self.dtype,
+            param_dtype=self.param_dtype,
             epsilon=self.norm_epsilon,
         )
         attention = partial(
@@ -224,6 +232,7 @@ class TransformerBlock(nn.Module):
             dropout_rate=self.attention_dropout_rate,
             use_bias=self.use_bias,
             dtype=self.dtype,
+            param_dtype=self.param_dtype,
             matmul_dtype=self.matmul_dtype,
             kernel_init=self.kernel_init,
             out_kernel_init=self.out_kernel_init,
@@ -249,6 +258,7 @@ class TransformerBlock(nn.Module):
             activation=self.activation,
             use_bias=self.use_bias,
             dtype=self.dtype,
+            param_dtype=self.param_dtype,
             matmul_dtype=self.matmul_dtype,
             kernel_init=self.mlp_kernel_init or self.kernel_init,
             out_kernel_init=self.out_kernel_init,

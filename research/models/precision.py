@@ -7,6 +7,21 @@ for the two backward matmuls (the input and the kernel gradients), through a cus
 autodiff would pair the float32 output gradient with a bfloat16 operand, a float32 matmul.
 This is the mixed precision of `torch.autocast` for linear layers, without bfloat16 activations.
 
+The precision policy every model family shares is here too, as three string fields of each
+model (research/models/*.py), validated by `policy`:
+
+    dtype         compute: activations and matmul operands (DTYPES; "auto": models.dtype)
+    param_dtype   parameters, hence gradients and optimizer state (PARAM_DTYPES); float32 by
+                  default, so small updates are not rounded away (bfloat16 has 8 mantissa bits)
+    output_dtype  the logits the task's loss sees (OUTPUT_DTYPES); float32 by default, because
+                  log-softmax over a large vocabulary in bfloat16/float16 loses the loss' digits
+
+Whatever the compute dtype, normalisation statistics (flax's LayerNorm, RMSNorm and BatchNorm
+reduce in float32) and the attention softmax (research/models/attention.py) stay float32: a
+mean of squares or an exp-sum in bfloat16 rounds or, in float16, overflows. float16 compute
+needs dynamic loss scaling in training (train.loss_scale, research/loss_scale.py): its 5-bit
+exponent flushes small gradients to zero.
+
 Why: on CPUs with AVX-512 BF16 (and on accelerators) bfloat16 matmuls run at about twice the
 float32 rate, while bfloat16 elementwise work, which XLA:CPU computes by converting to float32
 and back, is slower than float32 (bench/NOTES.md).
@@ -18,6 +33,36 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax.experimental.layout import Layout, with_layout_constraint
+
+# Compute precisions a config may name, as (activation dtype, matmul operand dtype or None = the
+# same). "bfloat16_matmul" rounds only the Dense matmul operands to bfloat16, accumulating in
+# float32 (`dense_dot_general`): on CPU it is the fast one, as XLA:CPU's bfloat16 elementwise
+# work is slower than float32 (bench/NOTES.md). The conv nets have no Dense-only variant.
+DTYPES = {
+    "float32": (jnp.float32, None),
+    "bfloat16": (jnp.bfloat16, None),
+    "float16": (jnp.float16, None),
+    "bfloat16_matmul": (jnp.float32, jnp.bfloat16),
+}
+CONV_DTYPES = ("float32", "bfloat16", "float16")  # cnn, lenet5, resnet, imagenet_resnet
+PARAM_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+OUTPUT_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def policy(
+    model: str, dtype: str, param_dtype: str, output_dtype: str, allowed=tuple(DTYPES)
+) -> tuple[Any, Any, Any, Any]:
+    """(compute, matmul operand or None, parameter, output) jnp dtypes of a model's three
+    precision fields; a one-line ValueError names a bad one."""
+    for field, value, table in (
+        ("dtype", dtype, allowed),
+        ("param_dtype", param_dtype, PARAM_DTYPES),
+        ("output_dtype", output_dtype, OUTPUT_DTYPES),
+    ):
+        if value not in table:
+            raise ValueError(f"unknown {model} {field} {value!r}; choose one of {sorted(table)}")
+    compute, matmul = DTYPES[dtype]
+    return compute, matmul, PARAM_DTYPES[param_dtype], OUTPUT_DTYPES[output_dtype]
 
 
 def dense_dot_general(dtype: Any):

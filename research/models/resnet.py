@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from research.models import precision
 from research.models.cnn import COMPUTE_DTYPES
 from research.models.layers import require
 
@@ -78,7 +79,9 @@ class CifarResNet(nn.Module):
     widths: Sequence[int] = (16, 32, 64)
     shortcut: str = "A"
     zero_init_residual: bool = False
-    dtype: str = "float32"
+    dtype: str = "float32"  # compute: float32 | bfloat16 | float16 (precision.CONV_DTYPES)
+    param_dtype: str = "float32"  # parameters, gradients, optimizer state (precision.py)
+    output_dtype: str = "float32"  # the logits the loss sees (precision.py)
     # Named mesh/pmap axis over which BatchNorm averages its batch statistics (sync BN).
     bn_axis_name: str | None = None
 
@@ -101,7 +104,9 @@ class CifarResNet(nn.Module):
             len(self.widths) >= 1 and all(w >= 1 for w in self.widths),
             f"CifarResNet widths must be positive, got {tuple(self.widths)}",
         )
-        require(self.dtype in COMPUTE_DTYPES, f"CifarResNet dtype must be one of {COMPUTE_DTYPES}")
+        precision.policy(
+            "CifarResNet", self.dtype, self.param_dtype, self.output_dtype, COMPUTE_DTYPES
+        )
         super().__post_init__()
 
     @property
@@ -111,14 +116,16 @@ class CifarResNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         """Logits [B, num_classes] for images [B, H, W, C]; BN statistics in "batch_stats"."""
-        dtype = jnp.dtype(self.dtype)
+        dtype, _, param_dtype, output_dtype = precision.policy(
+            "", self.dtype, self.param_dtype, self.output_dtype, COMPUTE_DTYPES
+        )
         conv = partial(
             nn.Conv,
             padding="SAME",
             use_bias=False,  # BN right after makes a conv bias redundant
             kernel_init=he_normal_fan_out,
             dtype=dtype,
-            param_dtype=jnp.float32,
+            param_dtype=param_dtype,
         )
         # PyTorch's BN momentum 0.1 is flax's 0.9 (weight on the old running average).
         norm = partial(
@@ -128,7 +135,7 @@ class CifarResNet(nn.Module):
             epsilon=1e-5,
             axis_name=self.bn_axis_name,
             dtype=dtype,
-            param_dtype=jnp.float32,
+            param_dtype=param_dtype,
         )
         blocks_per_stage = (self.depth - 2) // 6
 
@@ -147,9 +154,9 @@ class CifarResNet(nn.Module):
                 )(x)
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dense(
-            self.num_classes, kernel_init=lecun_normal, dtype=dtype, param_dtype=jnp.float32
+            self.num_classes, kernel_init=lecun_normal, dtype=dtype, param_dtype=param_dtype
         )(x)
-        return x.astype(jnp.float32)
+        return x.astype(output_dtype)
 
 
 # Sizes as data (He et al. 2016, Table 6).
@@ -202,7 +209,9 @@ class ImageNetResNet(nn.Module):
     width: int = 64  # The first stage's width; stage i has width * 2**i (bottlenecks: x4 out).
     zero_init_residual: bool = False
     conv_init: str = "he_normal_fan_out"  # CONV_INITS
-    dtype: str = "float32"
+    dtype: str = "float32"  # compute: float32 | bfloat16 | float16 (precision.CONV_DTYPES)
+    param_dtype: str = "float32"  # parameters, gradients, optimizer state (precision.py)
+    output_dtype: str = "float32"  # the logits the loss sees (precision.py)
     # Named mesh/pmap axis over which BatchNorm averages its batch statistics (sync BN).
     bn_axis_name: str | None = None
 
@@ -222,8 +231,8 @@ class ImageNetResNet(nn.Module):
             f"ImageNetResNet num_classes must be >= 1, got {self.num_classes}",
         )
         require(self.width >= 1, f"ImageNetResNet width must be >= 1, got {self.width}")
-        require(
-            self.dtype in COMPUTE_DTYPES, f"ImageNetResNet dtype must be one of {COMPUTE_DTYPES}"
+        precision.policy(
+            "ImageNetResNet", self.dtype, self.param_dtype, self.output_dtype, COMPUTE_DTYPES
         )
         super().__post_init__()
 
@@ -234,14 +243,16 @@ class ImageNetResNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         """Logits [B, num_classes] for images [B, H, W, C]; BN statistics in "batch_stats"."""
-        dtype = jnp.dtype(self.dtype)
+        dtype, _, param_dtype, output_dtype = precision.policy(
+            "", self.dtype, self.param_dtype, self.output_dtype, COMPUTE_DTYPES
+        )
         conv = partial(
             nn.Conv,
             padding="SAME",
             use_bias=False,
             kernel_init=CONV_INITS[self.conv_init],
             dtype=dtype,
-            param_dtype=jnp.float32,
+            param_dtype=param_dtype,
         )
         norm = partial(
             nn.BatchNorm,
@@ -250,7 +261,7 @@ class ImageNetResNet(nn.Module):
             epsilon=1e-5,
             axis_name=self.bn_axis_name,
             dtype=dtype,
-            param_dtype=jnp.float32,
+            param_dtype=param_dtype,
         )
         stage_sizes, bottleneck = IMAGENET_DEPTHS[self.depth]
 
@@ -271,9 +282,9 @@ class ImageNetResNet(nn.Module):
                 x = Bottleneck(**args)(x) if bottleneck else BasicBlock(shortcut="B", **args)(x)
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dense(
-            self.num_classes, kernel_init=lecun_normal, dtype=dtype, param_dtype=jnp.float32
+            self.num_classes, kernel_init=lecun_normal, dtype=dtype, param_dtype=param_dtype
         )(x)
-        return x.astype(jnp.float32)
+        return x.astype(output_dtype)
 
 
 # Sizes as data (He et al. 2016, Table 1).

@@ -28,8 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.models import attention, layers
-from research.models.gpt import DTYPES  # the same precisions as GPT: one table
+from research.models import attention, layers, precision
 
 
 def xavier_uniform_per_projection(width: int) -> attention.Initializer:
@@ -91,14 +90,16 @@ class Transformer(nn.Module):
     norm: str = "layer"  # layers.NORMS
     norm_position: str = "post"  # layers.RESIDUALS; "pre" adds a final norm to each stack
     use_bias: bool = True
-    dtype: str = "float32"  # compute precision, one of gpt.DTYPES
+    dtype: str = "float32"  # compute precision, one of precision.DTYPES
+    param_dtype: str = "float32"  # parameters, gradients, optimizer state (precision.py)
+    output_dtype: str = "float32"  # the logits the loss sees (precision.py)
 
     def __post_init__(self) -> None:
         # Bad config values fail here, at construction, in one line each.
         layers.lookup(layers.NORMS, self.norm, "Transformer norm")
         layers.lookup(layers.RESIDUALS, self.norm_position, "Transformer norm_position")
         layers.lookup(layers.ACTIVATIONS, self.activation, "Transformer activation")
-        layers.lookup(DTYPES, self.dtype, "Transformer dtype")
+        precision.policy("Transformer", self.dtype, self.param_dtype, self.output_dtype)
         for field in (
             "vocab_size",
             "max_len",
@@ -125,14 +126,16 @@ class Transformer(nn.Module):
         return self.vocab_size
 
     def setup(self) -> None:
-        dtype, matmul_dtype = DTYPES[self.dtype]
+        dtype, matmul_dtype, param_dtype, self.logits_dtype = precision.policy(
+            "Transformer", self.dtype, self.param_dtype, self.output_dtype
+        )
         d = self.embed_dim
         self.embed = nn.Embed(
             self.vocab_size,
             d,
             embedding_init=nn.initializers.normal(d**-0.5),  # tensor2tensor
             dtype=dtype,
-            param_dtype=jnp.float32,
+            param_dtype=param_dtype,
         )
         self.positional = layers.SinusoidalPositionalEmbedding(self.max_len, d, dtype=dtype)
         self.decode_positions = DecodePositions()
@@ -148,6 +151,7 @@ class Transformer(nn.Module):
             norm_position=self.norm_position,
             use_bias=self.use_bias,
             dtype=dtype,
+            param_dtype=param_dtype,
             matmul_dtype=matmul_dtype,
             # Glorot uniform, as tensor2tensor ("uniform_unit_scaling", gain 1) and flax's WMT.
             kernel_init=xavier_uniform_per_projection(d),
@@ -159,7 +163,12 @@ class Transformer(nn.Module):
             block(causal=True, cross_attention=True) for _ in range(self.decoder_layers)
         ]
         if self.norm_position == "pre":  # see layers.RESIDUALS: pre-norm needs a final norm
-            norm = partial(layers.NORMS[self.norm], use_bias=self.use_bias, dtype=dtype)
+            norm = partial(
+                layers.NORMS[self.norm],
+                use_bias=self.use_bias,
+                dtype=dtype,
+                param_dtype=param_dtype,
+            )
             self.encoder_norm, self.decoder_norm = norm(), norm()
 
     def __call__(
@@ -249,7 +258,7 @@ class Transformer(nn.Module):
             )
         if self.norm_position == "pre":
             y = self.decoder_norm(y)
-        return self.embed.attend(y).astype(jnp.float32)  # the shared matrix again (3.4)
+        return self.embed.attend(y).astype(self.logits_dtype)  # the shared matrix again (3.4)
 
     def _embed(self, tokens: jax.Array, positions: jax.Array, train: bool) -> jax.Array:
         x = self.embed(tokens) * math.sqrt(self.embed_dim) + self.positional(positions)

@@ -38,8 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research.models import layers
-from research.models.gpt import DTYPES  # the same precisions as GPT: one table
+from research.models import layers, precision
 from research.models.transformer import xavier_uniform_per_projection
 
 # Sizes by name: (width D, depth, heads, MLP width). Steiner et al. 2021 ("How to train your
@@ -91,7 +90,9 @@ def posemb_sincos_2d(height: int, width: int, features: int, temperature: float 
 def _learned(module: nn.Module, grid: tuple[int, int], tokens: jax.Array) -> jax.Array:
     # Dosovitskiy et al. Eq. 1: one learned vector per token, the class token's included.
     init = nn.initializers.normal(0.02)  # vit_jax AddPositionEmbs ("from BERT")
-    return module.param("pos_embedding", init, tokens.shape[1:], jnp.float32)
+    return module.param(
+        "pos_embedding", init, tokens.shape[1:], precision.PARAM_DTYPES[module.param_dtype]
+    )
 
 
 def _sincos2d(module: nn.Module, grid: tuple[int, int], tokens: jax.Array) -> jax.Array:
@@ -132,7 +133,9 @@ class ViT(nn.Module):
     attention_dropout_rate: float = 0.0  # on attention probabilities
     activation: str = "gelu"  # layers.ACTIVATIONS; "gelu" is flax's nn.gelu, as big_vision
     layer_norm_epsilon: float = LAYER_NORM_EPSILON  # Hugging Face's ViT uses 1e-12
-    dtype: str = "float32"  # compute precision, one of DTYPES
+    dtype: str = "float32"  # compute precision, one of precision.DTYPES
+    param_dtype: str = "float32"  # parameters, gradients, optimizer state (precision.py)
+    output_dtype: str = "float32"  # the logits the loss sees (precision.py)
 
     def __post_init__(self) -> None:
         # Bad config values fail here, at construction, in one line each.
@@ -140,7 +143,7 @@ class ViT(nn.Module):
         layers.lookup(POOLS, self.pool, "ViT pool")
         layers.lookup(POSITIONAL, self.pos_emb, "ViT pos_emb")
         layers.lookup(layers.ACTIVATIONS, self.activation, "ViT activation")
-        layers.lookup(DTYPES, self.dtype, "ViT dtype")
+        precision.policy("ViT", self.dtype, self.param_dtype, self.output_dtype)
         layers.require(
             self.num_classes >= 0,
             f"ViT num_classes must be >= 0 (0: no head), got {self.num_classes}",
@@ -195,14 +198,16 @@ class ViT(nn.Module):
                 f"ViT patch_size {patch} does not divide the {height}x{wide} images; choose a "
                 "patch size that does (or set data.image_size)"
             )
-        dtype, matmul_dtype = DTYPES[self.dtype]
+        dtype, matmul_dtype, param_dtype, output_dtype = precision.policy(
+            "ViT", self.dtype, self.param_dtype, self.output_dtype
+        )
         x = nn.Conv(
             width,
             (patch, patch),
             strides=(patch, patch),
             padding="VALID",
             dtype=dtype,
-            param_dtype=jnp.float32,
+            param_dtype=param_dtype,
             name="embedding",
         )(images.astype(dtype))
         batch, grid_h, grid_w, _ = x.shape
@@ -210,7 +215,7 @@ class ViT(nn.Module):
 
         class_token, pool = POOLS[self.pool]
         if class_token:
-            cls = self.param("cls", nn.initializers.zeros, (1, 1, width), jnp.float32)
+            cls = self.param("cls", nn.initializers.zeros, (1, 1, width), param_dtype)
             x = jnp.concatenate([jnp.tile(cls.astype(dtype), (batch, 1, 1)), x], axis=1)
         positions = POSITIONAL[self.pos_emb](self, (grid_h, grid_w), x)
         if positions is not None:
@@ -228,6 +233,7 @@ class ViT(nn.Module):
                 norm_position="pre",
                 norm_epsilon=self.layer_norm_epsilon,
                 dtype=dtype,
+                param_dtype=param_dtype,
                 matmul_dtype=matmul_dtype,
                 kernel_init=xavier_uniform_per_projection(width),
                 out_kernel_init=nn.initializers.xavier_uniform(),
@@ -237,19 +243,19 @@ class ViT(nn.Module):
         x = nn.LayerNorm(
             epsilon=self.layer_norm_epsilon,
             dtype=dtype,
-            param_dtype=jnp.float32,
+            param_dtype=param_dtype,
             name="encoder_norm",
         )(x)
         x = pool(x)
 
-        dense = dict(dtype=dtype, param_dtype=jnp.float32)
+        dense = dict(dtype=dtype, param_dtype=param_dtype)
         if self.representation_size:
             x = jnp.tanh(nn.Dense(self.representation_size, name="pre_logits", **dense)(x))
         if not self.num_classes:  # Features only (big_vision's num_classes=None).
-            return x.astype(jnp.float32)
+            return x.astype(output_dtype)
         head_init = nn.initializers.zeros if self.head_zero_init else nn.initializers.lecun_normal()
         logits = nn.Dense(self.num_classes, kernel_init=head_init, name="head", **dense)(x)
-        return logits.astype(jnp.float32)
+        return logits.astype(output_dtype)
 
 
 # For tests: every code path at a size that compiles in about a second.

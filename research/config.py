@@ -149,6 +149,10 @@ def defaults() -> ml_collections.ConfigDict:
             "nonfinite": "halt",  # halt | skip: what a NaN/Inf loss or update does (research/guard.py).
             "max_consecutive_skips": 10,  # Skipped updates in a row before stopping; 0 = never.
             "loss_spike_sigmas": 0.0,  # Skip updates whose loss exceeds mean + k std; 0 = off.
+            # Loss scaling for float16 (research/loss_scale.py): none | fixed | dynamic.
+            "loss_scale": "none",
+            "loss_scale_init": 2.0**15,  # S under "fixed"; the first S under "dynamic".
+            "loss_scale_interval": 2000,  # "dynamic": finite steps in a row before S doubles.
             "off_curve": "warn",  # warn | stop: leaving expected.curve's band (research/expected.py).
         }
     )
@@ -513,7 +517,7 @@ def choice(names: Any) -> Rule:
 def rules() -> dict[str, Rule]:
     """Every field of `defaults()` and what it may hold. Names resolve through the tables next
     to the code they name. Model fields beyond `name` are checked by the model itself."""
-    from research import data, guard, lora, models, optim, parallel, tasks  # Deferred: heavy.
+    from research import data, guard, lora, loss_scale, models, optim, parallel, tasks  # Heavy.
     from research.data import tokenizers
 
     return {
@@ -600,6 +604,9 @@ def rules() -> dict[str, Rule]:
         "train.nonfinite": choice(guard.POLICIES),
         "train.max_consecutive_skips": COUNT,
         "train.loss_spike_sigmas": NON_NEGATIVE,
+        "train.loss_scale": choice(loss_scale.POLICIES),
+        "train.loss_scale_init": POSITIVE,
+        "train.loss_scale_interval": POSITIVE_INT,
         "train.off_curve": choice(("warn", "stop")),
         "init.source": TEXT,  # Checked for a checkpoint that fits before a run.
         "init.step": COUNT,
@@ -734,6 +741,11 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
     if train.batch_size % accum:
         raise ConfigError(
             f"train.batch_size={train.batch_size} is not divisible by optimizer.grad_accum_steps={accum}"
+        )
+    if config.model.get("dtype") == "float16" and train.loss_scale == "none":
+        raise ConfigError(
+            "model.dtype=float16 trains without loss scaling: small gradients flush to zero; set "
+            "--config.train.loss_scale=dynamic (or use bfloat16)"
         )
     if device_count is not None:
         parallel.validate(config, device_count)

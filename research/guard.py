@@ -14,6 +14,8 @@ before every checkpoint), so the guard costs no extra device-to-host synchronisa
     train.nonfinite = "skip"   count skipped updates in the logs; stop after
                                `train.max_consecutive_skips` in a row.
 Loss spikes are always skipped (when the guard is on) and count towards consecutive skips.
+A float16 overflow under dynamic loss scaling (research/loss_scale.py) is skipped as well, and
+counted in `skipped`, but is expected: it neither halts nor counts towards consecutive skips.
 """
 
 from typing import Any
@@ -49,12 +51,16 @@ def apply(
     new: dict,
     old: dict,
     spike_sigmas: float,
+    overflow: jax.Array | bool = False,
 ) -> tuple[dict, dict, dict]:
     """Choose between the updated (`new`) and previous (`old`) state pieces; update the guard.
 
-    Returns (chosen state pieces, new guard, metrics to log).
+    `overflow`: this step's gradients overflowed under dynamic loss scaling (loss_scale.update);
+    its update is skipped without counting as non-finite. Returns (chosen state pieces, new
+    guard, metrics to log).
     """
     finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(updates))
+    overflow = jnp.asarray(overflow) & jnp.isfinite(loss)  # A non-finite loss is never expected.
     spike = jnp.zeros((), bool)
     if spike_sigmas:
         # Debiased EMAs (as Adam's moments), so the first accepted steps are not pulled to 0.
@@ -65,7 +71,8 @@ def apply(
         std = jnp.sqrt(jnp.maximum(sq_mean - mean**2, 0.0))
         warm = guard["accepted"] >= SPIKE_WARMUP_STEPS
         spike = warm & (loss > mean + spike_sigmas * std)
-    ok = finite & ~spike
+    ok = finite & ~spike & ~overflow
+    unexpected = ~ok & ~overflow  # Skips that count towards max_consecutive_skips.
     chosen = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
     loss32 = jnp.where(ok, loss, 0.0).astype(jnp.float32)
     ema = lambda old_value, x: jnp.where(
@@ -73,9 +80,11 @@ def apply(
     )
     new_guard = {
         "skipped": guard["skipped"] + (~ok).astype(jnp.int32),
-        "consecutive": jnp.where(ok, 0, guard["consecutive"] + 1),
+        "consecutive": jnp.where(ok, 0, guard["consecutive"] + unexpected.astype(jnp.int32)),
         "first_nonfinite_step": jnp.where(
-            (guard["first_nonfinite_step"] < 0) & ~finite, step + 1, guard["first_nonfinite_step"]
+            (guard["first_nonfinite_step"] < 0) & ~finite & ~overflow,
+            step + 1,
+            guard["first_nonfinite_step"],
         ),
         "accepted": guard["accepted"] + ok.astype(jnp.int32),
         "loss_ema": ema(guard["loss_ema"], loss32),

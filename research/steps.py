@@ -9,7 +9,8 @@ benchmarks and the parity test all run.
 The state is a plain dict:
 
     {"step": int32, "params": ..., "model_state": {"batch_stats": ...} or {},
-     "opt_state": ..., "ema_params": ... or {}, "guard": {skipped updates, loss EMAs, ...}}
+     "opt_state": ..., "ema_params": ... or {}, "guard": {skipped updates, loss EMAs, ...},
+     "loss_scale": {"scale", "good_steps"} under train.loss_scale=dynamic (research/loss_scale.py)}
 
 With parameter groups (optimizer.trainable/freeze/lr_multipliers/layer_decay, or LoRA) frozen
 parameters get no gradient (stop_gradient: their weight-gradient matmuls are not computed) and no
@@ -30,7 +31,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from research import guard, lora, models, optim, parallel, tasks
+from research import guard, lora, loss_scale, models, optim, parallel, tasks
 from research.tasks.base import Task
 
 
@@ -50,6 +51,9 @@ class Parts:
     ema_decay: float  # optimizer.ema_decay; 0 = no EMA.
     accum_steps: int  # optimizer.grad_accum_steps: micro-batches per update.
     spike_sigmas: float  # train.loss_spike_sigmas; 0 = no loss-spike guard.
+    loss_scale: str = "none"  # train.loss_scale: none | fixed | dynamic (research/loss_scale.py)
+    loss_scale_init: float = 2.0**15  # train.loss_scale_init: S (fixed) or its start (dynamic)
+    loss_scale_interval: int = 2000  # train.loss_scale_interval: finite steps before S doubles
     # Parameter names -> learning-rate multiplier, 0 = frozen (optim.lr_multipliers); None: no
     # groups, everything trains at the scheduled rate.
     groups: Callable[[list[str]], dict[str, float]] | None = None
@@ -85,6 +89,9 @@ def build(config: ml_collections.ConfigDict, input_shape: tuple[int, ...]) -> Pa
         ema_decay=config.optimizer.ema_decay,
         accum_steps=config.optimizer.grad_accum_steps,
         spike_sigmas=config.train.loss_spike_sigmas,
+        loss_scale=config.train.loss_scale,
+        loss_scale_init=config.train.loss_scale_init,
+        loss_scale_interval=config.train.loss_scale_interval,
         groups=groups,
     )
 
@@ -99,7 +106,7 @@ def init_state(parts: Parts, key: jax.Array) -> dict:
     """A fresh train state: parameters from `key`, zero step, empty optimizer statistics."""
     variables = dict(init_variables(parts, key))
     params = variables.pop("params")
-    return {
+    state = {
         "step": jnp.zeros((), jnp.int32),
         "params": params,
         "model_state": dict(variables),
@@ -107,6 +114,9 @@ def init_state(parts: Parts, key: jax.Array) -> dict:
         "ema_params": jax.tree.map(jnp.copy, params) if parts.ema_decay else {},
         "guard": guard.init(),
     }
+    if parts.loss_scale == "dynamic":  # Only then: other runs' states (and checkpoints) unchanged.
+        state["loss_scale"] = loss_scale.init(parts.loss_scale, parts.loss_scale_init)
+    return state
 
 
 def abstract_state(parts: Parts) -> dict:
@@ -153,7 +163,14 @@ def train_step(
     rng = jax.random.fold_in(parts.dropout_key, state["step"])
     if data_axis:  # Each device draws its own dropout masks.
         rng = jax.random.fold_in(rng, jax.lax.axis_index(data_axis))
-    grad_fn = jax.value_and_grad(functools.partial(loss_fn, parts), has_aux=True)
+    scale = loss_scale.current(parts.loss_scale, parts.loss_scale_init, state.get("loss_scale"))
+
+    def objective(*args):
+        # Differentiate S * loss (research/loss_scale.py); report the loss itself.
+        loss, aux = loss_fn(parts, *args)
+        return (loss if scale is None else loss * scale), (loss, aux)
+
+    grad_fn = jax.value_and_grad(objective, has_aux=True)
     model_state = state["model_state"]
     local_params = parallel.per_device(data_axis, state["params"])
     k = parts.accum_steps
@@ -163,7 +180,7 @@ def train_step(
     # inside lax.scan are ~25x slower on XLA:CPU (JAX issue #12868).
     for i in range(k):
         micro = jax.tree.map(lambda x, i=i: x[i::k], batch)
-        (loss, (metrics, model_state)), g = grad_fn(
+        (_, (loss, (metrics, model_state))), g = grad_fn(
             local_params, model_state, micro, jax.random.fold_in(rng, i)
         )
         grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
@@ -171,6 +188,13 @@ def train_step(
         step_metrics.append(metrics)
     grads = jax.tree.map(lambda g: g / k, grads)
     grads = parallel.mean_over(data_axis, grads)
+    scale_state, overflow = state.get("loss_scale"), False
+    if scale is not None:  # Unscale before clipping and the optimizer see the gradients.
+        grads = jax.tree.map(lambda g: g / scale.astype(g.dtype), grads)
+        grads_finite = jnp.isfinite(optax.global_norm(grads))
+        scale_state, overflow = loss_scale.update(
+            parts.loss_scale, scale_state, grads_finite, parts.loss_scale_interval
+        )
     if parts.bn_axis is None:  # Per-device BatchNorm statistics: keep the replicas' averages equal.
         model_state = parallel.mean_over(data_axis, model_state)
     updates, opt_state = parts.tx.update(grads, state["opt_state"], state["params"])
@@ -196,8 +220,12 @@ def train_step(
         updated,
         {k: state[k] for k in updated},
         parts.spike_sigmas,
+        overflow,
     )
     new_state = {"step": state["step"] + 1, **kept, "guard": new_guard}
+    if "loss_scale" in state:
+        new_state["loss_scale"] = scale_state
+        metrics |= {"loss_scale": state["loss_scale"]["scale"]}
     metrics |= guard_metrics | {
         "grad_norm": optax.global_norm(grads),
         "learning_rate": parts.schedule(state["step"]),

@@ -1,11 +1,18 @@
-"""bfloat16 matmul operands with float32 accumulation (research/models/precision.py), forward and
-backward, and GPT's dtype="bfloat16_matmul" that uses them."""
+"""The precision policy (research/models/precision.py): bfloat16 matmul operands with float32
+accumulation, forward and backward; model.dtype / param_dtype / output_dtype on every family;
+low-precision losses and gradients against float32; dynamic loss scaling for float16
+(research/loss_scale.py) in the step and through a resumed run."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+from research import config as cfg
+from research import loss_scale, models, steps
 from research.models import gpt, precision
 
 
@@ -61,3 +68,179 @@ def test_gpt_bfloat16_matmul_keeps_float32_params_logits_and_gradients():
         assert g16.dtype == jnp.float32
         scale = float(jnp.abs(g32).max()) + 1e-12
         np.testing.assert_allclose(g16 / scale, g32 / scale, atol=0.05)
+
+
+# --- the precision policy on every model family -------------------------------------------------
+
+# Each family at a tiny size, with example inputs.
+_TOKENS = jnp.zeros((2, 8), jnp.int32)
+FAMILIES = {
+    "cnn": ({"features": (4,), "hidden": 8}, (jnp.zeros((2, 8, 8, 1)),)),
+    "lenet5": ({}, (jnp.zeros((2, 28, 28, 1)),)),
+    "resnet": ({"depth": 8, "widths": (4, 8, 8)}, (jnp.zeros((2, 8, 8, 3)),)),
+    "imagenet_resnet": ({"depth": 18, "width": 4}, (jnp.zeros((2, 32, 32, 3)),)),
+    "gpt": (models.SMOKE_SIZES["gpt"], (_TOKENS,)),
+    "transformer": (models.SMOKE_SIZES["transformer"], (_TOKENS, _TOKENS)),
+    "vit": ({"variant": "", "width": 16, "depth": 1, "num_heads": 2, "mlp_dim": 32,
+             "patch_size": 4}, (jnp.zeros((2, 8, 8, 3)),)),
+    "bert": (models.SMOKE_SIZES["bert"], (_TOKENS,)),
+}  # fmt: skip
+CONV = ("cnn", "lenet5", "resnet", "imagenet_resnet")
+POLICIES = [  # (dtype, param_dtype): each compute dtype, and bfloat16 parameters.
+    ("float32", "float32"),
+    ("bfloat16", "float32"),
+    ("float16", "float32"),
+    ("bfloat16_matmul", "float32"),
+    ("bfloat16", "bfloat16"),
+]
+
+
+def _floating_dtypes(tree) -> set:
+    return {x.dtype for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(("dtype", "param_dtype"), POLICIES)
+def test_every_family_keeps_params_activations_and_outputs_in_the_policy_dtypes(
+    family, dtype, param_dtype
+):
+    if family in CONV and dtype == "bfloat16_matmul":
+        with pytest.raises(ValueError, match="dtype 'bfloat16_matmul'; choose one of"):
+            models.build({"name": family, "dtype": dtype})
+        return
+    sizes, inputs = FAMILIES[family]
+    model = models.build({"name": family, **sizes, "dtype": dtype, "param_dtype": param_dtype})
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs, train=False))
+    assert _floating_dtypes(variables["params"]) == {jnp.dtype(param_dtype)}
+    # BatchNorm's running statistics stay float32 whatever the policy (flax).
+    assert _floating_dtypes(variables.get("batch_stats", {})) <= {jnp.dtype(jnp.float32)}
+    out, captured = jax.eval_shape(
+        lambda v: model.apply(v, *inputs, train=False, capture_intermediates=True), variables
+    )
+    assert _floating_dtypes(out) == {jnp.dtype(jnp.float32)}  # output_dtype's default
+    # Every submodule's output is in the compute dtype (bfloat16_matmul: float32 activations),
+    # but for the attention probabilities: softmax and its dropout stay float32 (attention.py).
+    flat = [(jax.tree_util.keystr(p), x) for p, x in jax.tree.leaves_with_path(captured)]
+    is_probs = lambda key: "attn']['Dropout_0" in key
+    probs = {x.dtype for key, x in flat if is_probs(key)}
+    inner = [
+        x for key, x in flat if not is_probs(key) and key != "['intermediates']['__call__'][0]"
+    ]
+    compute = {"bfloat16_matmul": jnp.float32}.get(dtype, dtype)
+    assert _floating_dtypes(inner) == {jnp.dtype(compute)}
+    assert probs <= {jnp.dtype(jnp.float32)} and (family in CONV) == (not probs)
+    low = models.build({"name": family, **sizes, "dtype": dtype, "output_dtype": "bfloat16"})
+    out = jax.eval_shape(lambda v: low.apply(v, *inputs, train=False), variables)
+    assert _floating_dtypes(out) == {jnp.dtype(jnp.bfloat16)}
+
+
+def test_bad_precision_fields_fail_in_one_line():
+    with pytest.raises(ValueError, match="unknown GPT param_dtype 'float16'; choose one of"):
+        models.build({"name": "gpt", "param_dtype": "float16"})
+    with pytest.raises(ValueError, match="unknown SmallCNN output_dtype 'int8'; choose one of"):
+        models.build({"name": "cnn", "output_dtype": "int8"})
+    with pytest.raises(cfg.ConfigError, match="model.dtype=float16 trains without loss scaling"):
+        cfg.build_config("experiments/digits_cnn.py:smoke", {"model.dtype": "float16"})
+
+
+def _loss_and_grads(model, params, inputs, labels):
+    def loss(params):
+        logits = model.apply({"params": params}, *inputs, train=False)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("family", ["gpt", "cnn"])
+def test_low_precision_loss_and_gradients_are_within_tolerance_of_float32(family, dtype):
+    keys = jax.random.split(jax.random.key(3), 3)
+    if family == "gpt":
+        sizes = dict(vocab_size=32, block_size=16, num_layers=2, num_heads=2, embed_dim=32)
+        inputs = (jax.random.randint(keys[0], (4, 16), 0, 32, dtype=jnp.int32),)
+        labels = jax.random.randint(keys[1], (4, 16), 0, 32)
+    else:
+        sizes = dict(features=(8, 16), hidden=32)
+        inputs = (jax.random.uniform(keys[0], (8, 8, 8, 1)),)
+        labels = jax.random.randint(keys[1], (8,), 0, 10)
+    model32 = models.build({"name": family, **sizes})
+    low = models.build({"name": family, **sizes, "dtype": dtype})
+    params = model32.init(keys[2], *inputs, train=False)["params"]
+    loss32, grads32 = _loss_and_grads(model32, params, inputs, labels)
+    loss16, grads16 = _loss_and_grads(low, params, inputs, labels)
+    assert loss16.dtype == jnp.float32 and loss16 != loss32  # computed in low precision ...
+    np.testing.assert_allclose(loss16, loss32, rtol=0.01)  # ... within 1% of float32
+    # Gradients keep the parameters' dtype and, as a whole, stay within 5% (bfloat16: 8 mantissa
+    # bits; XLA:CPU's bfloat16 convolutions also accumulate in bfloat16) or 1% (float16: 11) of
+    # float32's, and point the same way.
+    assert _floating_dtypes(grads16) == {jnp.dtype(jnp.float32)}
+    g16, g32 = (
+        jnp.concatenate([g.ravel() for g in jax.tree.leaves(t)]) for t in (grads16, grads32)
+    )
+    error = float(jnp.linalg.norm(g16 - g32) / jnp.linalg.norm(g32))
+    assert 0 < error < {"bfloat16": 0.05, "float16": 0.01}[dtype], error
+    assert float(jnp.vdot(g16, g32) / (jnp.linalg.norm(g16) * jnp.linalg.norm(g32))) > 0.99
+
+
+# --- dynamic loss scaling ---------------------------------------------------------------------
+
+
+def _float16_parts(**train):
+    overrides = {"model.dtype": "float16", "train.loss_scale": "dynamic", "train.batch_size": 16}
+    config = cfg.build_config(
+        "experiments/digits_cnn.py:smoke",
+        overrides | {f"train.{k}": v for k, v in train.items()},
+    )
+    parts = steps.build(config, (8, 8, 1))
+    keys = jax.random.split(jax.random.key(0))
+    batch = {
+        "image": jax.random.uniform(keys[0], (16, 8, 8, 1)),
+        "label": jax.random.randint(keys[1], (16,), 0, 10),
+    }
+    return parts, jax.jit(functools.partial(steps.train_step, parts)), batch
+
+
+def test_dynamic_loss_scale_skips_an_overflow_halves_and_grows_after_good_steps():
+    # S = 2^40 makes the float16 backward pass overflow (inf gradients) at once.
+    parts, step, batch = _float16_parts(loss_scale_init=2.0**40, loss_scale_interval=3)
+    state = steps.init_state(parts, parts.init_key)
+    assert state["loss_scale"]["scale"] == 2.0**40 and state["loss_scale"]["good_steps"] == 0
+    new, metrics = step(state, batch)
+    assert float(new["loss_scale"]["scale"]) == 2.0**39  # halved
+    assert metrics["update_applied"] == 0.0 and not np.isfinite(metrics["grad_norm"])
+    assert np.isfinite(metrics["loss"])
+    for part in ("params", "opt_state"):  # the update skipped: bitwise the old state
+        for a, b in zip(jax.tree.leaves(new[part]), jax.tree.leaves(state[part])):
+            np.testing.assert_array_equal(a, b)
+    # A normal skip for the NaN guard: counted, but no non-finite step, no consecutive skip.
+    assert int(new["guard"]["skipped"]) == 1
+    assert int(new["guard"]["first_nonfinite_step"]) == -1
+    assert int(new["guard"]["consecutive"]) == 0
+    # Halving until the gradients fit, then growth every 3 finite steps.
+    scales, applied = [], []
+    for _ in range(40):
+        new, metrics = step(new, batch)
+        scales.append(float(new["loss_scale"]["scale"]))
+        applied.append(float(metrics["update_applied"]))
+    first = applied.index(1.0)
+    assert first > 0 and all(a == 0.0 for a in applied[:first])
+    assert scales[first - 1] == scales[first] < 2.0**39
+    grown = scales[first + 2]  # the third finite step in a row doubles S
+    assert grown == 2 * scales[first] or 0.0 in applied[first : first + 3]
+    assert int(new["guard"]["first_nonfinite_step"]) == -1
+
+
+def test_loss_scale_update_rules():
+    state = loss_scale.init("dynamic", 8.0)
+    finite, inf = jnp.bool_(True), jnp.bool_(False)
+    state, overflow = loss_scale.update("dynamic", state, inf, 2)
+    assert float(state["scale"]) == 4.0 and bool(overflow)
+    state, _ = loss_scale.update("dynamic", state, finite, 2)
+    assert float(state["scale"]) == 4.0 and int(state["good_steps"]) == 1
+    state, overflow = loss_scale.update("dynamic", state, finite, 2)
+    assert float(state["scale"]) == 8.0 and int(state["good_steps"]) == 0 and not bool(overflow)
+    # At S = 1 nothing is left to unscale: a non-finite gradient is real (the guard's policy).
+    state, overflow = loss_scale.update("dynamic", loss_scale.init("dynamic", 1.0), inf, 2)
+    assert float(state["scale"]) == 1.0 and not bool(overflow)
+    assert loss_scale.init("none", 8.0) == {} and loss_scale.current("none", 8.0, {}) is None
+    assert float(loss_scale.current("fixed", 8.0, {})) == 8.0

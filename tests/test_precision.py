@@ -4,6 +4,10 @@ low-precision losses and gradients against float32; dynamic loss scaling for flo
 (research/loss_scale.py) in the step and through a resumed run."""
 
 import functools
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -186,7 +190,13 @@ def test_low_precision_loss_and_gradients_are_within_tolerance_of_float32(family
 
 
 def _float16_parts(**train):
-    overrides = {"model.dtype": "float16", "train.loss_scale": "dynamic", "train.batch_size": 16}
+    overrides = {
+        "model.dtype": "float16",
+        "train.loss_scale": "dynamic",
+        "train.batch_size": 16,
+        "model.features": (4,),
+        "model.hidden": 8,
+    }
     config = cfg.build_config(
         "experiments/digits_cnn.py:smoke",
         overrides | {f"train.{k}": v for k, v in train.items()},
@@ -244,3 +254,49 @@ def test_loss_scale_update_rules():
     assert float(state["scale"]) == 1.0 and not bool(overflow)
     assert loss_scale.init("none", 8.0) == {} and loss_scale.current("none", 8.0, {}) is None
     assert float(loss_scale.current("fixed", 8.0, {})) == 8.0
+
+
+def test_a_float16_run_learns_skips_overflows_without_halting_and_resumes_bitwise(tmp_path):
+    # The digits smoke run in float16 with S = 2^20: the first step overflows, and S climbing
+    # back every 2 steps overflows again; under train.nonfinite=halt (the default) neither halts.
+    from test_train import assert_trees_equal, final_state
+
+    driver = Path(__file__).parent / "drivers" / "die_at.py"
+    flags = [
+        "--config.train.steps=12",
+        "--config.train.checkpoint_every_steps=6",
+        "--config.train.eval_every_steps=12",
+        "--config.train.log_every_steps=1",
+        "--config.model.dtype=float16",
+        "--config.train.loss_scale=dynamic",
+        f"--config.train.loss_scale_init={2.0**20}",
+        "--config.train.loss_scale_interval=2",
+    ]
+
+    def drive(workdir, *extra):
+        out = subprocess.run(
+            [sys.executable, str(driver), str(workdir), *extra, *flags],
+            cwd=driver.parents[2],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+
+    drive(tmp_path / "whole", "never", "0")
+    records = (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()
+    logs = [r for r in map(json.loads, records) if r["split"] == "train"]
+    scales = [r["loss_scale"] for r in logs]
+    assert scales[:2] == [2.0**20, 2.0**19] and logs[0]["update_applied"] == 0.0
+    assert 1 <= logs[-1]["skipped_updates"] <= 6
+    assert min(r["loss"] for r in logs[-3:]) < logs[0]["loss"] - 0.1  # it learns
+    whole = final_state(tmp_path / "whole")
+    assert int(whole["guard"]["first_nonfinite_step"]) == -1
+
+    drive(tmp_path / "resumed", "stop", "6")  # stopped after step 6, checkpointed ...
+    drive(tmp_path / "resumed", "never", "0")  # ... and resumed from there
+    assert_trees_equal(final_state(tmp_path / "resumed"), whole)  # loss_scale included
+    final = float(whole["loss_scale"]["scale"])  # the last logged S, halved after an overflow
+    if logs[-1]["update_applied"] == 0.0:
+        assert final == scales[-1] / 2
+    assert final < 2.0**20

@@ -186,6 +186,9 @@ def defaults() -> ml_collections.ConfigDict:
         {
             "strategy": "gspmd",  # gspmd | shard_map | pmap (research/parallel.py)
             "fsdp": 1,  # Devices the parameters are sharded over (FSDP, gspmd only); 1 = none.
+            # "data=-1,fsdp=2,tensor=2": the mesh's axis sizes (research/sharding.py); "" =
+            # data=-1,fsdp=<parallel.fsdp>. tensor > 1: Megatron tensor parallelism (gspmd only).
+            "mesh": "",
             "sync_batch_stats": True,  # BatchNorm statistics over the global batch.
         }
     )
@@ -517,7 +520,17 @@ def choice(names: Any) -> Rule:
 def rules() -> dict[str, Rule]:
     """Every field of `defaults()` and what it may hold. Names resolve through the tables next
     to the code they name. Model fields beyond `name` are checked by the model itself."""
-    from research import data, guard, lora, loss_scale, models, optim, parallel, tasks  # Heavy.
+    from research import (  # Deferred: heavy imports.
+        data,
+        guard,
+        lora,
+        loss_scale,
+        models,
+        optim,
+        parallel,
+        sharding,
+        tasks,
+    )
     from research.data import tokenizers
 
     return {
@@ -627,6 +640,11 @@ def rules() -> dict[str, Rule]:
         "parallel.strategy": choice(parallel.STRATEGIES),
         "parallel.fsdp": dataclasses.replace(
             POSITIVE_INT, says="a positive integer that must divide the device count"
+        ),
+        "parallel.mesh": Rule(
+            "text",
+            "empty or AXIS=SIZE,... over data, fsdp, tensor (one size may be -1)",
+            sharding.well_formed,
         ),
         "parallel.sync_batch_stats": FLAG,
         "expected.metric": TEXT,  # "" or eval|test/<a metric of the task>, checked before a run.

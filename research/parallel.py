@@ -3,11 +3,13 @@
 The batch is always one global `jax.Array` split over every device of every process, built from
 each process's local rows, and the train state is one global pytree; so the trainer's code is the
 same on one CPU, eight GPUs or a pod slice. `train.batch_size` is the global batch: each device
-gets batch_size / device_count rows (research/config.py `validate` checks that it divides).
+gets batch_size / (data x fsdp) rows (`validate` checks that it divides).
 
-The mesh has two axes, ("data", "fsdp"), of sizes (devices / parallel.fsdp, parallel.fsdp). The
-batch is split over both; the parameters are replicated over "data" and, under FSDP, sharded over
-"fsdp". (A tensor-parallel "model" axis would be a third entry of MESH_AXES.)
+The mesh has three axes, ("data", "fsdp", "tensor"), their sizes from `parallel.mesh` (e.g.
+"data=-1,fsdp=2,tensor=2"; research/sharding.py) or, when it is empty, (devices / parallel.fsdp,
+parallel.fsdp, 1). The batch is split over "data" and "fsdp"; the parameters are replicated over
+"data", split over "tensor" by Megatron's rules (research/sharding.py) and, under FSDP, over
+"fsdp". Each device gets batch_size / (data x fsdp) rows; the devices along "tensor" share them.
 
 `parallel.strategy` picks how the trainer's step function runs, from one table, STRATEGIES:
 
@@ -16,7 +18,8 @@ batch is split over both; the parameters are replicated over "data" and, under F
                parallel.fsdp > 1 is FSDP (ZeRO-3): parameters, optimizer state and EMA sharded
                over "fsdp", gathered by XLA where a layer needs them. BatchNorm already sees the
                global batch here (its mean is a mean over a sharded axis), so statistics are
-               always global-batch statistics.
+               always global-batch statistics. tensor > 1 (gspmd only) splits the Transformer's
+               attention and MLP matrices Megatron-style; XLA adds the all-reduces.
     shard_map  the per-device step under `jax.shard_map`: each device runs the step on its rows
                and the step averages gradients with `lax.pmean` over "data".
     pmap       the same per-device step under `jax.pmap` (since JAX 0.8 itself `jit` +
@@ -42,12 +45,14 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from research import sharding
 from research.errors import ConfigError
 
-MESH_AXES = ("data", "fsdp")
+MESH_AXES = sharding.MESH_AXES  # ("data", "fsdp", "tensor")
 DATA_AXIS = "data"  # The axis the mapped strategies average over.
 FSDP_AXIS = "fsdp"
-BATCH_AXES = MESH_AXES  # The batch is split over every device.
+TENSOR_AXIS = sharding.TENSOR_AXIS
+BATCH_AXES = (DATA_AXIS, FSDP_AXIS)  # The batch is split over these; "tensor" devices share rows.
 
 # train_step(state, batch, data_axis) -> (state, metrics); see research/train.py.
 StepFn = Callable[[dict, dict, str | None], tuple[dict, dict]]
@@ -98,22 +103,28 @@ def initialize_distributed(
 
 def validate(config: Mapping[str, Any], device_count: int) -> None:
     """Raise ConfigError if the run's layout and batches cannot run on `device_count` devices."""
+    sizes = _validate_layout(config["parallel"], device_count)
+    shards = sizes[DATA_AXIS] * sizes[FSDP_AXIS]  # The batch's splits ("tensor" shares rows).
     batch, accum = config["train"]["batch_size"], config["optimizer"]["grad_accum_steps"]
-    if batch % (device_count * accum):
+    if batch % (shards * accum):
         raise ConfigError(
-            f"train.batch_size={batch} does not split over {device_count} devices x "
-            f"{accum} accumulation steps; use a multiple of {device_count * accum}"
+            f"train.batch_size={batch} does not split over {shards} batch shards x "
+            f"{accum} accumulation steps; use a multiple of {shards * accum}"
         )
     eval_batch = config["train"]["eval_batch_size"]
-    if eval_batch % device_count:
+    if eval_batch % shards:
         raise ConfigError(
-            f"train.eval_batch_size={eval_batch} does not split over {device_count} devices; "
-            f"use a multiple of {device_count}"
+            f"train.eval_batch_size={eval_batch} does not split over {shards} batch shards; "
+            f"use a multiple of {shards}"
         )
-    _validate_layout(config["parallel"], device_count)
 
 
-def _validate_layout(parallel_config: Mapping[str, Any], device_count: int) -> None:
+def mesh_shape(parallel_config: Mapping[str, Any], device_count: int) -> dict[str, int]:
+    """{axis: size} of the run's mesh over `device_count` devices (ConfigError if it cannot be)."""
+    return sharding.parse_mesh(sharding.mesh_text(parallel_config), device_count)
+
+
+def _validate_layout(parallel_config: Mapping[str, Any], device_count: int) -> dict[str, int]:
     strategy, fsdp = parallel_config["strategy"], parallel_config["fsdp"]
     if strategy not in STRATEGIES:
         raise ConfigError(f"parallel.strategy={strategy!r}; choose one of {sorted(STRATEGIES)}")
@@ -124,21 +135,30 @@ def _validate_layout(parallel_config: Mapping[str, Any], device_count: int) -> N
         )
     if fsdp < 1 or device_count % fsdp:
         raise ConfigError(f"parallel.fsdp={fsdp} must divide the {device_count} devices")
+    sizes = mesh_shape(parallel_config, device_count)
+    split = {k: v for k, v in sizes.items() if k != DATA_AXIS and v > 1}
+    if split and strategy != "gspmd":
+        name, size = next(iter(split.items()))
+        raise ConfigError(
+            f"parallel.mesh {name}={size} needs parallel.strategy=gspmd; {strategy} keeps a "
+            "whole replica of the state on every device"
+        )
     if strategy == "gspmd" and not parallel_config["sync_batch_stats"]:
         raise ConfigError(
             "parallel.sync_batch_stats=false needs strategy pmap or shard_map; under gspmd "
             "BatchNorm statistics are always those of the global batch"
         )
+    return sizes
 
 
 def make_mesh(parallel_config: Mapping[str, Any]) -> Mesh:
-    """The ("data", "fsdp") mesh over every device of every process."""
-    devices = jax.device_count()
-    _validate_layout(parallel_config, devices)
-    fsdp = parallel_config["fsdp"]
-    # Auto axes: the compiler propagates shardings through the step (GSPMD), which FSDP relies on.
+    """The ("data", "fsdp", "tensor") mesh over every device of every process."""
+    sizes = _validate_layout(parallel_config, jax.device_count())
+    # Auto axes: the compiler propagates shardings through the step (GSPMD), which FSDP and
+    # tensor parallelism rely on. "tensor" is the last, fastest-varying axis: neighbouring
+    # devices (one host's, linked by NVLink) hold one layer's shards.
     return jax.make_mesh(
-        (devices // fsdp, fsdp),
+        tuple(sizes[axis] for axis in MESH_AXES),
         MESH_AXES,
         axis_types=(AxisType.Auto,) * len(MESH_AXES),
         devices=jax.devices(),
@@ -155,23 +175,29 @@ def batch_sharding(mesh: Mesh, stacked: bool = False) -> NamedSharding:
     return NamedSharding(mesh, P(None, BATCH_AXES) if stacked else P(BATCH_AXES))
 
 
-def state_sharding(abstract_state: Any, mesh: Mesh) -> Any:
-    """Where each leaf of the train state lives: replicated, or FSDP-sharded over "fsdp".
+def state_sharding(abstract_state: Any, mesh: Any) -> Any:
+    """Where each leaf of the train state lives: replicated, split over "tensor" by the rules of
+    research/sharding.py (found by path, so the Adam moments and EMA follow their parameters),
+    and FSDP-sharded over "fsdp".
 
-    FSDP shards each array along its largest dimension that the "fsdp" axis divides (kernels,
-    embeddings, their Adam moments); arrays with no such dimension (scalars, odd-sized biases)
-    stay replicated.
+    FSDP shards each array along its largest dimension, not already split over "tensor", that the
+    "fsdp" axis divides (kernels, embeddings, their Adam moments); arrays with no such dimension
+    (scalars, odd-sized biases) stay replicated over it.
     """
-    size = mesh.shape[FSDP_AXIS]
+    size, tensor = mesh.shape[FSDP_AXIS], mesh.shape[TENSOR_AXIS]
 
-    def spec(leaf: jax.ShapeDtypeStruct) -> NamedSharding:
-        dims = [i for i, d in enumerate(leaf.shape) if size > 1 and d % size == 0]
-        if not dims:
-            return replicated(mesh)
-        largest = max(dims, key=lambda i: leaf.shape[i])
-        return NamedSharding(mesh, P(*[None] * largest, FSDP_AXIS))
+    def spec(path: tuple, leaf: jax.ShapeDtypeStruct) -> NamedSharding:
+        axes = sharding.tensor_spec(sharding.path_name(path), leaf.shape, tensor)
+        dims = [
+            i for i, d in enumerate(leaf.shape) if size > 1 and d % size == 0 and axes[i] is None
+        ]
+        if dims:
+            axes[max(dims, key=lambda i: leaf.shape[i])] = FSDP_AXIS
+        while axes and axes[-1] is None:
+            axes.pop()
+        return NamedSharding(mesh, P(*axes))
 
-    return jax.tree.map(spec, abstract_state)
+    return jax.tree_util.tree_map_with_path(spec, abstract_state)
 
 
 def batch_norm_axis(parallel_config: Mapping[str, Any]) -> str | None:

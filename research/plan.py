@@ -29,8 +29,8 @@ the plan of a model far larger than this machine still runs here.
   differently from XLA:GPU (and has no fused attention kernel); run plan on the target machine
   for its figure there (bench/accelerator.py compares it with a GPU's measured peak).
 - Per device kind (DEVICES: memory and dense bfloat16 peak from the vendors' datasheets): data
-  parallelism over n devices, each holding the state (sharded over parallel.fsdp when set) and
-  batch / n rows. Temporaries grow linearly with the rows a device holds: the step is compiled a
+  parallelism over n devices, each holding the state (sharded over "fsdp" and "tensor" as parallel.mesh
+  says) and batch / (data x fsdp) rows. Temporaries grow linearly with the rows a device holds: the step is compiled a
   second time at another batch, and the line through the two gives the temporaries for any n. A
   kind fits when the total is within what JAX may use of its memory (GPUs: 75%, JAX's default
   preallocation; TPUs: all of it). "devices" is the fewest n that fits and splits every
@@ -60,7 +60,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import AbstractMesh, AxisType
 
-from research import data, parallel, steps
+from research import data, parallel, sharding, steps
 from research.errors import ConfigError, DatasetUnavailable
 
 GIB = 2**30
@@ -144,12 +144,13 @@ class Setup:
 def setup(config: ml_collections.ConfigDict) -> Setup:
     """Shapes and shardings of the configured run on this machine's devices; nothing allocated.
 
-    FSDP over more devices than this machine has is compiled here with the state replicated
-    (parallel.fsdp=1); the per-kind table still shards the state as configured.
+    A mesh (FSDP, tensor parallelism) over more devices than this machine has is compiled here
+    with the state replicated (data parallelism); the per-kind table still shards the state as
+    configured.
     """
-    if jax.device_count() % config.parallel.fsdp:
+    if _mesh_for(config, jax.device_count()) is None:
         config = ml_collections.ConfigDict(config.to_dict())
-        config.parallel.fsdp = 1
+        config.parallel.fsdp, config.parallel.mesh = 1, ""
     parallel.validate(config, jax.device_count())
     info, example, source = _data_shapes(config)
     parts = steps.build(config, info.input_shape)
@@ -158,8 +159,11 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
             f"the model has {parts.model.num_outputs} outputs but the data has "
             f"{info.num_classes} classes (or tokens); raise the model's num_classes / vocab_size"
         )
-    abstract_state = steps.abstract_state(parts)
+    with sharding.recording_heads() as heads:
+        abstract_state = steps.abstract_state(parts)
     mesh = parallel.make_mesh(config.parallel)
+    shape = dict(mesh.shape)
+    sharding.check_model(shape, config.model.name, abstract_state["params"], heads)
     state_sharding = parallel.state_sharding(abstract_state, mesh)
     return Setup(config, parts, abstract_state, state_sharding, mesh, example, source)
 
@@ -268,14 +272,23 @@ def state_bytes(abstract_state: dict, shardings: dict) -> dict[str, int]:
     }
 
 
-def _mesh_for(config: ml_collections.ConfigDict, devices: int) -> AbstractMesh:
-    """The mesh research/parallel.py would make over `devices` devices, without them."""
-    fsdp = config.parallel.fsdp
+def _mesh_for(config: ml_collections.ConfigDict, devices: int) -> AbstractMesh | None:
+    """The mesh research/parallel.py would make over `devices` devices, without them; None when
+    parallel.mesh / parallel.fsdp cannot be laid over that many."""
+    try:
+        sizes = parallel.mesh_shape(config.parallel, devices)
+    except ConfigError:
+        return None
     return AbstractMesh(
-        (devices // fsdp, fsdp),
+        tuple(sizes[axis] for axis in parallel.MESH_AXES),
         parallel.MESH_AXES,
         axis_types=(AxisType.Auto,) * len(parallel.MESH_AXES),
     )
+
+
+def batch_shards(mesh: Any) -> int:
+    """The pieces the batch is split into: data x fsdp (the "tensor" devices share rows)."""
+    return math.prod(mesh.shape[axis] for axis in parallel.BATCH_AXES)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -298,13 +311,14 @@ class MemoryModel:
 
     def bytes_on(self, devices: int) -> float | None:
         """Predicted bytes per device, or None when the batch does not split into equal
-        micro-batches over `devices` (or parallel.fsdp does not divide them)."""
+        micro-batches over `devices` (or the mesh cannot be laid over them)."""
         tc, k = self.config.train, self.config.optimizer.grad_accum_steps
-        if tc.batch_size % (devices * k) or devices % self.config.parallel.fsdp:
+        mesh = _mesh_for(self.config, devices)
+        if mesh is None or tc.batch_size % (batch_shards(mesh) * k):
             return None
-        shardings = parallel.state_sharding(self.abstract_state, _mesh_for(self.config, devices))
+        shardings = parallel.state_sharding(self.abstract_state, mesh)
         state = sum(state_bytes(self.abstract_state, shardings).values())
-        rows = tc.batch_size / devices
+        rows = tc.batch_size / batch_shards(mesh)
         batch = self.row_bytes * rows * tc.steps_per_call
         return state + batch + self.temp_fixed + self.temp_per_row * rows + self.extra_outputs
 
@@ -448,13 +462,13 @@ def make(config: ml_collections.ConfigDict) -> Plan:
     """Compile the configured step twice from shapes and work out the plan (see the module)."""
     s = setup(config)
     tc, k = config.train, config.optimizer.grad_accum_steps
-    here = jax.device_count()
+    here, shards = jax.device_count(), batch_shards(s.mesh)
     first = compile_step(s, tc.batch_size)
     # A second batch for the slope of temporaries per row: half, when it still splits evenly.
     half = tc.batch_size // 2
-    other_batch = half if half and half % (here * k) == 0 else 2 * tc.batch_size
+    other_batch = half if half and half % (shards * k) == 0 else 2 * tc.batch_size
     second = compile_step(s, other_batch)
-    rows_first, rows_second = tc.batch_size / here, other_batch / here
+    rows_first, rows_second = tc.batch_size / shards, other_batch / shards
     per_row = (first.memory["temp"] - second.memory["temp"]) / (rows_first - rows_second)
     row_bytes = sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in s.example.values())
     model = MemoryModel(
@@ -483,7 +497,7 @@ def make(config: ml_collections.ConfigDict) -> Plan:
         experiment=config.experiment,
         data_source=s.data_source,
         here=f"{here} {jax.default_backend()} device(s)"
-        + (f", parallel.fsdp={s.config.parallel.fsdp}" if s.config is not config else ""),
+        + (", data parallel (the configured mesh needs more)" if s.config is not config else ""),
         device_count=here,
         num_params=num_params,
         batch_size=tc.batch_size,

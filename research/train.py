@@ -29,6 +29,7 @@ from research import (
     models,
     optim,
     parallel,
+    sharding,
     steps,
     workdir,
 )
@@ -129,7 +130,10 @@ def prepare_model(config: ml_collections.ConfigDict) -> tuple[DatasetInfo, steps
     try:
         if parts.groups is not None:  # Checked first: the optimizer's state depends on them.
             _check_groups(config, parts)
-        abstract_state = steps.abstract_state(parts)
+        with sharding.recording_heads() as heads:
+            abstract_state = steps.abstract_state(parts)
+        mesh = parallel.mesh_shape(config.parallel, jax.device_count())
+        sharding.check_model(mesh, config.model.name, abstract_state["params"], heads)
     except ConfigError:
         raise
     except (ValueError, TypeError) as e:  # The model cannot run on these shapes.

@@ -75,6 +75,15 @@ LAYERS: dict[str, tuple[str, str]] = {
     "vit": (r"^encoderblock_(\d+)/", r"^(embedding/|cls$|pos_embedding$)"),
 }
 
+# The unrolled block prefixes of each Transformer family, for models.stack.scan_params and
+# unscan_params: with `scan_layers`, "h_0".."h_{L-1}" become one stacked entry "h" (stack.py).
+SCAN_PREFIXES: dict[str, tuple[str, ...]] = {
+    "gpt": ("h_",),
+    "bert": ("layer_",),
+    "vit": ("encoderblock_",),
+    "transformer": ("encoder_", "decoder_"),
+}
+
 
 def arguments(name: str) -> dict[str, Any]:
     """The config fields of model `name` with their defaults (the module's dataclass fields)."""

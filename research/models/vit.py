@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research.models import layers
+from research.models import attention, layers, stack
 from research.models.gpt import DTYPES  # the same precisions as GPT: one table
 from research.models.transformer import xavier_uniform_per_projection
 
@@ -133,6 +133,9 @@ class ViT(nn.Module):
     activation: str = "gelu"  # layers.ACTIVATIONS; "gelu" is flax's nn.gelu, as big_vision
     layer_norm_epsilon: float = LAYER_NORM_EPSILON  # Hugging Face's ViT uses 1e-12
     dtype: str = "float32"  # compute precision, one of DTYPES
+    remat: str = "none"  # per block: none | full | a jax.checkpoint policy (models/stack.py)
+    scan_layers: bool = False  # the blocks as one nn.scan: compile time flat in depth (stack.py)
+    attention_impl: str = "einsum"  # attention.ATTENTION_IMPLS: einsum | jax | xla | cudnn | auto
 
     def __post_init__(self) -> None:
         # Bad config values fail here, at construction, in one line each.
@@ -171,6 +174,8 @@ class ViT(nn.Module):
             self.pos_emb != "sincos2d" or (width % 4 == 0 and width >= 8),
             f"ViT pos_emb='sincos2d' needs a width divisible by 4 and >= 8, got {width}",
         )
+        stack.check_remat(self.remat, "ViT")
+        attention.check_attention_impl(self.attention_impl, "ViT")
         super().__post_init__()
 
     @property
@@ -217,23 +222,30 @@ class ViT(nn.Module):
             x = x + positions.astype(dtype)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
 
-        for i in range(s["depth"]):
-            x = layers.TransformerBlock(
-                num_heads=s["num_heads"],
-                mlp_dim=s["mlp_dim"],
-                dropout_rate=self.dropout_rate,
-                attention_dropout_rate=self.attention_dropout_rate,
-                activation=self.activation,
-                norm="layer",
-                norm_position="pre",
-                norm_epsilon=self.layer_norm_epsilon,
-                dtype=dtype,
-                matmul_dtype=matmul_dtype,
-                kernel_init=xavier_uniform_per_projection(width),
-                out_kernel_init=nn.initializers.xavier_uniform(),
-                mlp_kernel_init=nn.initializers.xavier_uniform(),
-                name=f"encoderblock_{i}",
-            )(x, train=train)
+        block = partial(
+            layers.TransformerBlock,
+            num_heads=s["num_heads"],
+            mlp_dim=s["mlp_dim"],
+            dropout_rate=self.dropout_rate,
+            attention_dropout_rate=self.attention_dropout_rate,
+            activation=self.activation,
+            norm="layer",
+            norm_position="pre",
+            norm_epsilon=self.layer_norm_epsilon,
+            dtype=dtype,
+            matmul_dtype=matmul_dtype,
+            kernel_init=xavier_uniform_per_projection(width),
+            out_kernel_init=nn.initializers.xavier_uniform(),
+            mlp_kernel_init=nn.initializers.xavier_uniform(),
+            attention_impl=self.attention_impl,
+        )
+        # encoderblock_0.. unrolled (big_vision's names), "encoderblock" scanned (stack.py).
+        blocks = (
+            block(name="encoderblock")
+            if self.scan_layers
+            else [block(name=f"encoderblock_{i}") for i in range(s["depth"])]
+        )
+        x = stack.run(blocks, x, remat=self.remat, num_layers=s["depth"], train=train)
         x = nn.LayerNorm(
             epsilon=self.layer_norm_epsilon,
             dtype=dtype,

@@ -53,7 +53,11 @@ def loss_and_grads(model, params, inputs, train=True):
         out = model.apply({"params": p}, *inputs, train=train, rngs={"dropout": jax.random.key(3)})
         return sum(jnp.mean(jnp.square(y)) for y in jax.tree.leaves(out))
 
-    return jax.value_and_grad(loss)(params)
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+
+def forward(model, params, inputs):
+    return jax.jit(lambda p: model.apply({"params": p}, *inputs, train=False))(params)
 
 
 @pytest.mark.parametrize("remat", ["full", "dots_with_no_batch_dims_saveable"])
@@ -87,18 +91,16 @@ def test_scanned_and_unrolled_agree(name):
     params = unrolled.init(jax.random.key(0), *inputs, train=False)["params"]
     stacked = stack.scan_params(params, SCAN_PREFIXES[name])
     # The scanned model's own init has exactly this layout.
-    own = scanned.init(jax.random.key(0), *inputs, train=False)["params"]
+    own = jax.eval_shape(lambda: scanned.init(jax.random.key(0), *inputs, train=False))["params"]
     assert jax.tree.map(jnp.shape, own) == jax.tree.map(jnp.shape, stacked)
     first = jax.tree.leaves(stacked[stack.scanned_name(SCAN_PREFIXES[name][0])])[0]
     assert first.shape[0] == 3
-    close(
-        scanned.apply({"params": stacked}, *inputs, train=False),
-        unrolled.apply({"params": params}, *inputs, train=False),
-    )
-    loss, grads = loss_and_grads(unrolled, params, inputs, train=False)
-    loss_s, grads_s = loss_and_grads(scanned, stacked, inputs, train=False)
-    np.testing.assert_allclose(float(loss_s), float(loss), rtol=1e-5)
-    close(grads_s, stack.scan_params(grads, SCAN_PREFIXES[name]))
+    close(forward(scanned, stacked, inputs), forward(unrolled, params, inputs))
+    if name in ("gpt", "transformer"):  # gradients too (one decoder, one encoder-decoder)
+        loss, grads = loss_and_grads(unrolled, params, inputs, train=False)
+        loss_s, grads_s = loss_and_grads(scanned, stacked, inputs, train=False)
+        np.testing.assert_allclose(float(loss_s), float(loss), rtol=1e-5)
+        close(grads_s, stack.scan_params(grads, SCAN_PREFIXES[name]))
     # And back: the round trip is the identity, bit for bit.
     back = stack.unscan_params(stacked, SCAN_PREFIXES[name])
     assert jax.tree.structure(back) == jax.tree.structure(params)
@@ -120,22 +122,12 @@ def test_scanned_gpt_decodes_with_its_cache():
     got = decoding.generate_in_context(scanned, stacked, prompt, 8, **kw)
     assert got.shape == (2, 12)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-    # The cached logits equal a full forward pass over the same tokens.
-    logits, variables = scanned.apply(
-        {"params": stacked, "cache": cache}, got[:, :6], train=False, decode=True, mutable=["cache"]
-    )
-    step, _ = scanned.apply(
-        {"params": stacked, **variables}, got[:, 6:7], train=False, decode=True, mutable=["cache"]
-    )
-    full = scanned.apply({"params": stacked}, got[:, :7], train=False)
-    close(step[:, 0], full[:, 6])
-    close(logits, full[:, :6])
 
 
 def test_scanned_transformer_refuses_to_decode():
     make, inputs = FAMILIES["transformer"]
     model = make(scan_layers=True)
-    params = model.init(jax.random.key(0), *inputs, train=False)["params"]
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs, train=False))["params"]
     with pytest.raises(ValueError, match="scan_layers=False") as e:
         decoding.translate(
             model, params, inputs[0], beam_size=1, max_extra_tokens=2, alpha=0.6, bos_id=1, eos_id=2
@@ -165,8 +157,8 @@ def attend(impl, x, context=None, *, causal=False, mask=None, params=None):
     def f(p, x):
         return module.apply({"params": p}, x, context, mask=mask, train=False)
 
-    out = f(params, x)
-    grads = jax.grad(lambda p, x: jnp.sum(jnp.sin(f(p, x))), argnums=(0, 1))(params, x)
+    out = jax.jit(f)(params, x)
+    grads = jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.sin(f(p, x))), argnums=(0, 1)))(params, x)
     return params, out, grads
 
 
@@ -212,8 +204,7 @@ def test_models_agree_across_attention_impls():
         make, inputs = FAMILIES[name]
         ref = make()
         params = ref.init(jax.random.key(0), *inputs, train=False)["params"]
-        want = ref.apply({"params": params}, *inputs, train=False)
-        close(make(attention_impl="xla").apply({"params": params}, *inputs, train=False), want)
+        close(forward(make(attention_impl="xla"), params, inputs), forward(ref, params, inputs))
 
 
 @pytest.mark.skipif(jax.default_backend() == "gpu", reason="checks the CPU refusal")

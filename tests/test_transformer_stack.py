@@ -3,11 +3,15 @@ attention.py): remat changes no gradient, scanned and unrolled models agree from
 (converted by stack.scan_params), a scanned GPT decodes with its KV cache, and every attention
 implementation available on CPU agrees with the einsum reference, values and gradients."""
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
+from research.errors import ConfigError
 from research.models import SCAN_PREFIXES, attention, bert, gpt, stack, transformer, vit
 from research.tasks import decoding
 
@@ -227,3 +231,28 @@ def test_attention_dropout_needs_einsum_unless_auto():
     )
     einsum = make(dropout_rate=0.1).apply({"params": params}, *inputs, train=True, rngs=rngs)
     close(auto, einsum)  # auto falls back to einsum, same dropout masks
+
+
+# --- Hugging Face names are unrolled ------------------------------------------------------------
+
+FIXTURES = Path(__file__).parent / "fixtures" / "hf"
+
+
+def test_hugging_face_export_unrolls_and_import_refuses_scanned():
+    from research import initialize, pretrained
+
+    imported = pretrained.read(FIXTURES / "gpt2")
+    params = imported.params
+    scanned_config = imported.model_config | {"scan_layers": True}
+    stacked = stack.scan_params(params, SCAN_PREFIXES["gpt"])
+    config, tensors = pretrained.to_hf(imported.model_config, params)
+    config_s, tensors_s = pretrained.to_hf(scanned_config, stacked)
+    assert config_s == config and sorted(tensors_s) == sorted(tensors)
+    for name, value in tensors.items():
+        np.testing.assert_array_equal(tensors_s[name], value)
+    init = ml_collections.ConfigDict(
+        dict(source=str(FIXTURES / "gpt2"), step=0, include="", exclude="")
+    )
+    with pytest.raises(ConfigError, match="set model.scan_layers=False") as e:
+        initialize.check_model(init, ml_collections.ConfigDict(scanned_config))
+    assert "\n" not in str(e.value)

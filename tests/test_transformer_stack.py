@@ -191,8 +191,7 @@ def test_attention_impls_agree_with_einsum(impl, case):
     close(got_grads, want_grads)
 
 
-@pytest.mark.parametrize("impl", ["xla", "auto"])
-def test_attention_impls_decode_like_einsum(impl):
+def test_attention_impls_decode_like_einsum(impl="xla"):
     """With the KV cache the causal mask is offset: passed as a mask, not as is_causal."""
     make, _ = FAMILIES["gpt"]
     ref, model = make(), make(attention_impl=impl)

@@ -255,3 +255,20 @@ def test_hugging_face_export_unrolls_and_import_refuses_scanned():
     with pytest.raises(ConfigError, match="set model.scan_layers=False") as e:
         initialize.check_model(init, ml_collections.ConfigDict(scanned_config))
     assert "\n" not in str(e.value)
+
+
+def test_weight_decay_mask_sees_through_the_layer_axis():
+    """A stacked bias [L, D] is a vector: "matrices" decays exactly what it decays unrolled."""
+    from research import models, optim
+
+    make, inputs = FAMILIES["gpt"]
+    params = jax.eval_shape(lambda: make().init(jax.random.key(0), *inputs, train=False))
+    params = params["params"]
+    stacked = stack.scan_params(params, SCAN_PREFIXES["gpt"])
+    entries = models.stacked_entries({"name": "gpt", "scan_layers": True})
+    assert entries == ("h",) and models.stacked_entries({"name": "gpt"}) == ()
+    want = stack.scan_params(optim.decay_mask(params, "matrices"), SCAN_PREFIXES["gpt"])
+    want = jax.tree.map(lambda m: bool(np.all(m)), want)  # stacked bools back to one per entry
+    got = optim.decay_mask(stacked, "matrices", stacked=entries)
+    assert got == want
+    assert not got["h"]["ln_1"]["scale"] and got["h"]["attn"]["qkv"]["kernel"]

@@ -32,7 +32,7 @@ from typing import Any
 import flax.linen as nn
 
 from research import hardware
-from research.models import bert, cnn, gpt, resnet, transformer, vit
+from research.models import bert, cnn, gpt, resnet, stack, transformer, vit
 
 MODELS: dict[str, type[nn.Module]] = {
     "cnn": cnn.SmallCNN,
@@ -83,6 +83,13 @@ SCAN_PREFIXES: dict[str, tuple[str, ...]] = {
     "vit": ("encoderblock_",),
     "transformer": ("encoder_", "decoder_"),
 }
+
+
+def stacked_entries(model_config: Mapping[str, Any]) -> tuple[str, ...]:
+    """The top-level parameter entries that hold scanned layers ([L, ...] leaves); () unrolled."""
+    if not model_config.get("scan_layers"):  # Models without the field have no stacks.
+        return ()
+    return tuple(stack.scanned_name(p) for p in SCAN_PREFIXES[model_config["name"]])
 
 
 def arguments(name: str) -> dict[str, Any]:

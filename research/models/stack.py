@@ -105,6 +105,19 @@ def _numbered(params: Mapping[str, Any], prefix: str) -> list[str]:
     return sorted(names, key=lambda k: int(k[len(prefix) :]))
 
 
+def _stack(*layers: Any) -> Any:
+    first = layers[0]
+    if isinstance(first, jax.ShapeDtypeStruct):  # shapes only (jax.eval_shape, planning)
+        return jax.ShapeDtypeStruct((len(layers), *first.shape), first.dtype)
+    return jnp.stack(layers)
+
+
+def _layer(stacked: Any, i: int) -> Any:
+    if isinstance(stacked, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct(stacked.shape[1:], stacked.dtype)
+    return stacked[i]
+
+
 def scanned_name(prefix: str) -> str:
     """The scanned stack's entry for unrolled entries `{prefix}{i}`: "h_" -> "h"."""
     return prefix.rstrip("_")
@@ -113,7 +126,8 @@ def scanned_name(prefix: str) -> str:
 def scan_params(params: Mapping[str, Any], prefixes: Sequence[str]) -> dict[str, Any]:
     """Unrolled layout -> scanned: entries `{prefix}0..{L-1}` stacked into one, per prefix.
 
-    Works on any tree keyed like the params (optimizer moments, a Hugging Face import).
+    Works on any tree keyed like the params (optimizer moments, a Hugging Face import), of arrays
+    or of jax.ShapeDtypeStruct.
     """
     out = dict(params)
     for prefix in prefixes:
@@ -124,7 +138,7 @@ def scan_params(params: Mapping[str, Any], prefixes: Sequence[str]) -> dict[str,
         if names != expected:
             raise ValueError(f"unrolled layers {names} are not numbered 0..{len(names) - 1}")
         layers = [out.pop(name) for name in names]
-        out[scanned_name(prefix)] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+        out[scanned_name(prefix)] = jax.tree.map(_stack, *layers)
     return out
 
 
@@ -138,5 +152,5 @@ def unscan_params(params: Mapping[str, Any], prefixes: Sequence[str]) -> dict[st
         stacked = out.pop(name)
         num_layers = jax.tree.leaves(stacked)[0].shape[0]
         for i in range(num_layers):
-            out[f"{prefix}{i}"] = jax.tree.map(lambda leaf, i=i: leaf[i], stacked)
+            out[f"{prefix}{i}"] = jax.tree.map(lambda leaf, i=i: _layer(leaf, i), stacked)
     return out

@@ -772,6 +772,12 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
         models.build(config.model)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"model: {e}") from None
+    if config.model.get("scan_layers") and (config.lora.rank or config.optimizer.layer_decay):
+        # Both find blocks by their names h_0, h_1, ...; scanned blocks are one stacked entry.
+        raise ConfigError(
+            "model.scan_layers=True stacks the blocks into one parameter entry; lora and "
+            "optimizer.layer_decay need them one by one: set model.scan_layers=False"
+        )
     from research import initialize  # Deferred: orbax, safetensors.
 
     initialize.check_model(config.init, config.model)  # A Hugging Face source's config.json.

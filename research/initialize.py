@@ -158,6 +158,11 @@ def check_model(init: ml_collections.ConfigDict, model_config: Any) -> None:
     the first model field its config.json sets differently (run sources: shapes, in `plan`)."""
     if not init.source or not pretrained.is_directory(init.source):
         return
+    if model_config.get("scan_layers"):
+        raise ConfigError(
+            f"init.source={init.source} is a Hugging Face directory, whose layers are named one "
+            "by one: set model.scan_layers=False (research/models/stack.py converts the params)"
+        )
     different = pretrained.disagreement(init.source, model_config)
     if different:
         raise ConfigError(f"init.source={init.source}: {different}")

@@ -172,9 +172,20 @@ DECAY_MASKS: dict[str, Callable[[Any], bool]] = {
 }
 
 
-def decay_mask(params: Any, rule: str) -> Any:
-    """A pytree of bools shaped like params: True where weight decay applies under `rule`."""
-    return jax.tree.map(_lookup(DECAY_MASKS, "optimizer.decay_mask", rule), params)
+def decay_mask(params: Any, rule: str, stacked: tuple[str, ...] = ()) -> Any:
+    """A pytree of bools shaped like params: True where weight decay applies under `rule`.
+
+    `stacked` names top-level entries of scanned layers (model.scan_layers), whose leaves carry a
+    leading layer axis: a stacked bias [L, D] is still a vector to "matrices".
+    """
+    decays = _lookup(DECAY_MASKS, "optimizer.decay_mask", rule)
+
+    def one(path: tuple, param: Any) -> bool:
+        if path and getattr(path[0], "key", None) in stacked:
+            param = jax.ShapeDtypeStruct(param.shape[1:], param.dtype)
+        return decays(param)
+
+    return jax.tree_util.tree_map_with_path(one, params)
 
 
 # ---------------------------------------------------------------- optimizers
@@ -333,8 +344,11 @@ def build_optimizer(
     *,
     layers: tuple[str, str] | None = None,
     adapter: Callable[[str], bool] | None = None,
+    stacked: tuple[str, ...] = (),
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """The optax chain `clip -> optimizer(schedule)` and its schedule (returned for logging).
+
+    `stacked`: the top-level parameter entries of scanned layers (see `decay_mask`).
 
     With parameter groups (see the module's docstring; `layers` and `adapter` as for
     `lr_multipliers`): multi_transform(train: clip -> optimizer, frozen: set_to_zero), then each
@@ -345,7 +359,9 @@ def build_optimizer(
     base = _lookup(OPTIMIZERS, "optimizer.name", oc.name)
     _lookup(DECAY_MASKS, "optimizer.decay_mask", oc.decay_mask)  # fail now, not at first update
     clip = optax.clip_by_global_norm(oc.clip_norm) if oc.clip_norm > 0 else optax.identity()
-    tx = optax.chain(clip, base(oc, schedule, partial(decay_mask, rule=oc.decay_mask)))
+    tx = optax.chain(
+        clip, base(oc, schedule, partial(decay_mask, rule=oc.decay_mask, stacked=stacked))
+    )
     if not grouped(oc, adapter):
         return tx, schedule
     table = lambda tree: lr_multipliers(oc, param_names(tree), layers=layers, adapter=adapter)

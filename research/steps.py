@@ -65,7 +65,12 @@ def build(config: ml_collections.ConfigDict, input_shape: tuple[int, ...]) -> Pa
     adapter = lora.is_factor if config.lora.rank else None
     layers = models.LAYERS.get(config.model.name)
     tx, schedule = optim.build_optimizer(
-        config.optimizer, config.schedule, config.train.steps, layers=layers, adapter=adapter
+        config.optimizer,
+        config.schedule,
+        config.train.steps,
+        layers=layers,
+        adapter=adapter,
+        stacked=models.stacked_entries(config.model),
     )
     groups = None
     if optim.grouped(config.optimizer, adapter):

@@ -32,7 +32,7 @@ from typing import Any
 import flax.linen as nn
 
 from research import hardware
-from research.models import bert, cnn, gpt, resnet, transformer, vit
+from research.models import bert, cnn, gpt, resnet, stack, transformer, vit
 
 MODELS: dict[str, type[nn.Module]] = {
     "cnn": cnn.SmallCNN,
@@ -74,6 +74,22 @@ LAYERS: dict[str, tuple[str, str]] = {
     "bert": (r"^layer_(\d+)/", r"^(word|segment|position)_embeddings/|^embeddings_norm/"),
     "vit": (r"^encoderblock_(\d+)/", r"^(embedding/|cls$|pos_embedding$)"),
 }
+
+# The unrolled block prefixes of each Transformer family, for models.stack.scan_params and
+# unscan_params: with `scan_layers`, "h_0".."h_{L-1}" become one stacked entry "h" (stack.py).
+SCAN_PREFIXES: dict[str, tuple[str, ...]] = {
+    "gpt": ("h_",),
+    "bert": ("layer_",),
+    "vit": ("encoderblock_",),
+    "transformer": ("encoder_", "decoder_"),
+}
+
+
+def stacked_entries(model_config: Mapping[str, Any]) -> tuple[str, ...]:
+    """The top-level parameter entries that hold scanned layers ([L, ...] leaves); () unrolled."""
+    if not model_config.get("scan_layers"):  # Models without the field have no stacks.
+        return ()
+    return tuple(stack.scanned_name(p) for p in SCAN_PREFIXES[model_config["name"]])
 
 
 def arguments(name: str) -> dict[str, Any]:

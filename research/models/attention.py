@@ -31,6 +31,52 @@ Initializer = Callable[..., jax.Array]
 # exp(masked - max) underflows to exactly 0 and a fully masked row stays finite.
 MASK_VALUE = float(np.finfo(np.float32).min)
 
+# model.attention_impl: how softmax(q k^T / sqrt(Dh)) v is computed; the projections are the same.
+#   einsum  two einsums and a float32 softmax, written out below (the reference; has dropout)
+#   jax     jax.nn.dot_product_attention, jax choosing its implementation (implementation=None)
+#   xla     jax.nn.dot_product_attention(implementation="xla")
+#   cudnn   jax.nn.dot_product_attention(implementation="cudnn"): cuDNN's fused flash attention;
+#           NVIDIA GPUs only, bfloat16/float16 activations
+#   auto    cudnn on a GPU when the activations are bfloat16/float16 and cuDNN takes the shapes,
+#           else einsum (measured no slower than xla on CPU at our sizes)
+ATTENTION_IMPLS = ("einsum", "jax", "xla", "cudnn", "auto")
+_DPA_IMPLEMENTATION = {"jax": None, "xla": "xla", "cudnn": "cudnn"}
+
+
+def check_attention_impl(impl: str, model: str) -> None:
+    """One-line ValueErrors: an unknown `attention_impl`, or "cudnn" without a GPU."""
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(
+            f"unknown {model} attention_impl {impl!r}; choose one of {list(ATTENTION_IMPLS)}"
+        )
+    if impl == "cudnn" and jax.default_backend() != "gpu":
+        raise ValueError(
+            f"{model} attention_impl='cudnn' needs an NVIDIA GPU (this backend is "
+            f"{jax.default_backend()}); use 'auto', 'xla' or 'einsum'"
+        )
+
+
+def _einsum_attention(query, key, value, mask, dropout: nn.Module, dtype) -> jax.Array:
+    """The reference: scores and softmax in float32 whatever the compute dtype (bf16 overflows)."""
+    query = query / jnp.sqrt(query.shape[-1]).astype(query.dtype)
+    scores = jnp.einsum(
+        "bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32
+    )  # [B, H, T, T_kv]
+    if mask is not None:
+        scores = jnp.where(mask, scores, MASK_VALUE)
+    probs = dropout(jax.nn.softmax(scores, axis=-1))
+    return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), value)
+
+
+def _dpa(query, key, value, mask, is_causal: bool, implementation: str | None) -> jax.Array:
+    """jax.nn.dot_product_attention; a causal mask is passed as is_causal (cuDNN skips it)."""
+    if mask is not None:  # [B or 1, H or 1, T or 1, T_kv], as the function asks
+        mask = jnp.broadcast_to(mask, (*mask.shape[:2], query.shape[1], key.shape[1]))
+    out = jax.nn.dot_product_attention(
+        query, key, value, mask=mask, is_causal=is_causal, implementation=implementation
+    )
+    return out.astype(value.dtype)
+
 
 def causal_mask(length: int) -> jax.Array:
     """Boolean [1, 1, T, T] mask letting position i attend to positions j <= i."""
@@ -74,6 +120,7 @@ class MultiHeadAttention(nn.Module):
     matmul_dtype: Any = None  # projection operands (float32 accumulation); None = dtype
     kernel_init: Initializer = nn.initializers.normal(0.02)  # GPT-2
     out_kernel_init: Initializer = nn.initializers.normal(0.02)  # GPT sets 0.02/sqrt(2L)
+    attention_impl: str = "einsum"  # ATTENTION_IMPLS
 
     @nn.compact
     def __call__(
@@ -144,20 +191,38 @@ class MultiHeadAttention(nn.Module):
             # Slots past the last written position still hold zeros: never attend to them.
             written = key_positions < cache_index.value
             mask = written[None, None, None, :] if mask is None else mask & written
+        # Without a cache, causal attention is the fixed lower triangle: the fused kernels take it
+        # as a flag (is_causal) and skip the masked blocks instead of reading a mask.
+        causal_flag = self.causal and not use_cache
         if self.causal:
             causal = positions[:, None] >= key_positions[None, :]  # [T, T_kv]
-            mask = causal[None, None] if mask is None else mask & causal
+            full_mask = causal[None, None] if mask is None else mask & causal
+        else:
+            full_mask = mask
+        dpa_mask = mask if causal_flag else full_mask  # the causal part goes as is_causal
 
-        # Scores and softmax in float32 whatever the compute dtype (bf16 logits overflow/round).
-        query = query / jnp.sqrt(head_dim).astype(query.dtype)
-        scores = jnp.einsum(
-            "bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32
-        )  # [B, H, T, T_kv]
-        if mask is not None:
-            scores = jnp.where(mask, scores, MASK_VALUE)
-        probs = jax.nn.softmax(scores, axis=-1)
-        probs = nn.Dropout(self.dropout_rate, deterministic=not train)(probs)
-        out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), value)
+        impl = self.attention_impl
+        dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
+        if train and self.dropout_rate > 0 and impl != "einsum":
+            if impl != "auto":
+                raise ValueError(
+                    f"attention_impl={impl!r} has no attention dropout; set the attention "
+                    "dropout rate to 0 or attention_impl='einsum'"
+                )
+            impl = "einsum"
+        out = None
+        if impl == "auto":
+            if jax.default_backend() == "gpu" and query.dtype in (jnp.bfloat16, jnp.float16):
+                try:  # cuDNN refuses some shapes (head dims, lengths) while tracing: fall back
+                    out = _dpa(query, key, value, dpa_mask, causal_flag, "cudnn")
+                except (ValueError, NotImplementedError, RuntimeError):
+                    out = None
+            impl = "einsum"
+        if out is None and impl == "einsum":
+            out = _einsum_attention(query, key, value, full_mask, dropout, self.dtype)
+        elif out is None:
+            check_attention_impl(impl, "MultiHeadAttention")
+            out = _dpa(query, key, value, dpa_mask, causal_flag, _DPA_IMPLEMENTATION[impl])
         out = dense(features, kernel_init=self.out_kernel_init, name="out")(
             out.reshape(batch * length, features)
         )

@@ -38,7 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.models import attention, layers, precision
+from research.models import attention, layers, precision, stack
 
 # Turc et al. 2019's grid of (layers, hidden width), and the names they give six of them.
 SIZES: dict[str, tuple[int, int]] = {
@@ -84,6 +84,9 @@ class Bert(nn.Module):
     dtype: str = "float32"  # compute precision, one of precision.DTYPES
     param_dtype: str = "float32"  # parameters, gradients, optimizer state (precision.py)
     output_dtype: str = "float32"  # the logits the loss sees (precision.py)
+    remat: str = "none"  # per block: none | full | a jax.checkpoint policy (models/stack.py)
+    scan_layers: bool = False  # the blocks as one nn.scan: compile time flat in depth (stack.py)
+    attention_impl: str = "einsum"  # attention.ATTENTION_IMPLS: einsum | jax | xla | cudnn | auto
 
     def __post_init__(self) -> None:
         # Bad config values fail here, at construction, in one line each.
@@ -125,6 +128,8 @@ class Bert(nn.Module):
             0 <= self.pad_id < self.vocab_size,
             f"Bert pad_id must be a token id in [0, {self.vocab_size}), got {self.pad_id}",
         )
+        stack.check_remat(self.remat, "Bert")
+        attention.check_attention_impl(self.attention_impl, "Bert")
         super().__post_init__()
 
     @property
@@ -208,23 +213,31 @@ class Bert(nn.Module):
 
         # --- encoder: post-norm blocks, attending to every non-pad token ---
         mask = attention.padding_mask(tokens != self.pad_id)
-        for i in range(sizes["num_layers"]):
-            x = layers.TransformerBlock(
-                num_heads=sizes["num_heads"],
-                mlp_dim=sizes["mlp_dim"],
-                dropout_rate=self.dropout_rate,
-                attention_dropout_rate=self.attention_dropout_rate,
-                activation=self.activation,
-                norm="layer",
-                norm_epsilon=self.layer_norm_epsilon,
-                norm_position="post",
-                dtype=dtype,
-                param_dtype=param_dtype,
-                matmul_dtype=matmul_dtype,
-                kernel_init=init,
-                out_kernel_init=init,
-                name=f"layer_{i}",
-            )(x, mask=mask, train=train)
+        block = partial(
+            layers.TransformerBlock,
+            num_heads=sizes["num_heads"],
+            mlp_dim=sizes["mlp_dim"],
+            dropout_rate=self.dropout_rate,
+            attention_dropout_rate=self.attention_dropout_rate,
+            activation=self.activation,
+            norm="layer",
+            norm_epsilon=self.layer_norm_epsilon,
+            norm_position="post",
+            dtype=dtype,
+            param_dtype=param_dtype,
+            matmul_dtype=matmul_dtype,
+            kernel_init=init,
+            out_kernel_init=init,
+            attention_impl=self.attention_impl,
+        )
+        num_layers = sizes["num_layers"]
+        # Named layer_0..layer_{L-1} unrolled, or "layer" stacked when scanned (stack.py).
+        blocks = (
+            block(name="layer")
+            if self.scan_layers
+            else [block(name=f"layer_{i}") for i in range(num_layers)]
+        )
+        x = stack.run(blocks, x, remat=self.remat, num_layers=num_layers, mask=mask, train=train)
 
         # --- heads ---
         pooled = jnp.tanh(dense(width, name="pooler")(x[:, 0])) if self.pooler else None  # [CLS]

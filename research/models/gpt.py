@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.models import layers, precision
+from research.models import attention, layers, precision, stack
 
 # Compute precisions a config may name (research/models/precision.py, one table for every
 # transformer): float32 | bfloat16 | float16 | bfloat16_matmul, and "auto" (AUTO_DTYPES).
@@ -58,6 +58,9 @@ class GPT(nn.Module):
     dtype: str = "float32"  # compute precision, one of DTYPES
     param_dtype: str = "float32"  # parameters, gradients, optimizer state (precision.py)
     output_dtype: str = "float32"  # the logits the loss sees (precision.py)
+    remat: str = "none"  # per block: none | full | a jax.checkpoint policy (models/stack.py)
+    scan_layers: bool = False  # the blocks as one nn.scan: compile time flat in depth (stack.py)
+    attention_impl: str = "einsum"  # attention.ATTENTION_IMPLS: einsum | jax | xla | cudnn | auto
     tie_embeddings: bool = True  # logits = h @ wte.T (Press & Wolf 2017; GPT-2)
 
     def __post_init__(self) -> None:
@@ -82,6 +85,8 @@ class GPT(nn.Module):
             self.embed_dim % self.num_heads == 0,
             f"GPT embed_dim {self.embed_dim} must be divisible by num_heads {self.num_heads}",
         )
+        stack.check_remat(self.remat, "GPT")
+        attention.check_attention_impl(self.attention_impl, "GPT")
         super().__post_init__()
 
     @property
@@ -137,26 +142,35 @@ class GPT(nn.Module):
             x = x + wpe(positions)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
 
-        for i in range(self.num_layers):
-            x = layers.TransformerBlock(
-                num_heads=self.num_heads,
-                mlp_dim=int(self.mlp_ratio * self.embed_dim),
-                causal=True,
-                dropout_rate=self.dropout_rate,
-                attention_dropout_rate=self.dropout_rate,
-                activation=self.activation,
-                norm=self.norm,
-                norm_epsilon=self.norm_epsilon,
-                norm_position=self.norm_position,
-                rotary=rotary,
-                use_bias=self.use_bias,
-                dtype=dtype,
-                param_dtype=param_dtype,
-                matmul_dtype=matmul_dtype,
-                kernel_init=normal(0.02),
-                out_kernel_init=out_init,
-                name=f"h_{i}",
-            )(x, train=train, decode=decode)
+        block = partial(
+            layers.TransformerBlock,
+            num_heads=self.num_heads,
+            mlp_dim=int(self.mlp_ratio * self.embed_dim),
+            causal=True,
+            dropout_rate=self.dropout_rate,
+            attention_dropout_rate=self.dropout_rate,
+            activation=self.activation,
+            norm=self.norm,
+            norm_epsilon=self.norm_epsilon,
+            norm_position=self.norm_position,
+            rotary=rotary,
+            use_bias=self.use_bias,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            matmul_dtype=matmul_dtype,
+            kernel_init=normal(0.02),
+            out_kernel_init=out_init,
+            attention_impl=self.attention_impl,
+        )
+        # Named h_0..h_{L-1} unrolled (GPT-2's h.0..), or "h" stacked when scanned (stack.py).
+        blocks = (
+            block(name="h")
+            if self.scan_layers
+            else [block(name=f"h_{i}") for i in range(self.num_layers)]
+        )
+        x = stack.run(
+            blocks, x, remat=self.remat, num_layers=self.num_layers, train=train, decode=decode
+        )
         if self.norm_position == "pre":  # see layers.RESIDUALS: pre-norm needs a final norm
             final_norm = layers.NORMS[self.norm]
             x = final_norm(

@@ -205,6 +205,7 @@ class TransformerBlock(nn.Module):
     # The MLP's first matmul; None: kernel_init. The Transformer initializes attention's fused
     # q|k|v kernel per projection, which an MLP's single [D, hidden] kernel must not be.
     mlp_kernel_init: Initializer | None = None
+    attention_impl: str = "einsum"  # attention.ATTENTION_IMPLS
 
     @nn.compact
     def __call__(
@@ -236,6 +237,7 @@ class TransformerBlock(nn.Module):
             matmul_dtype=self.matmul_dtype,
             kernel_init=self.kernel_init,
             out_kernel_init=self.out_kernel_init,
+            attention_impl=self.attention_impl,
         )
         dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
 

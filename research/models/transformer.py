@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.models import attention, layers, precision
+from research.models import attention, layers, precision, stack
 
 
 def xavier_uniform_per_projection(width: int) -> attention.Initializer:
@@ -93,6 +93,9 @@ class Transformer(nn.Module):
     dtype: str = "float32"  # compute precision, one of precision.DTYPES
     param_dtype: str = "float32"  # parameters, gradients, optimizer state (precision.py)
     output_dtype: str = "float32"  # the logits the loss sees (precision.py)
+    remat: str = "none"  # per block: none | full | a jax.checkpoint policy (models/stack.py)
+    scan_layers: bool = False  # the blocks as one nn.scan: compile time flat in depth (stack.py)
+    attention_impl: str = "einsum"  # attention.ATTENTION_IMPLS: einsum | jax | xla | cudnn | auto
 
     def __post_init__(self) -> None:
         # Bad config values fail here, at construction, in one line each.
@@ -119,6 +122,8 @@ class Transformer(nn.Module):
             f"Transformer embed_dim {self.embed_dim} must be divisible by num_heads "
             f"{self.num_heads}",
         )
+        stack.check_remat(self.remat, "Transformer")
+        attention.check_attention_impl(self.attention_impl, "Transformer")
         super().__post_init__()
 
     @property
@@ -157,11 +162,17 @@ class Transformer(nn.Module):
             kernel_init=xavier_uniform_per_projection(d),
             out_kernel_init=nn.initializers.xavier_uniform(),
             mlp_kernel_init=nn.initializers.xavier_uniform(),
+            attention_impl=self.attention_impl,
         )
-        self.encoder = [block() for _ in range(self.encoder_layers)]
-        self.decoder = [
-            block(causal=True, cross_attention=True) for _ in range(self.decoder_layers)
-        ]
+        # encoder_0.., decoder_0.. unrolled; "encoder", "decoder" stacked when scanned (stack.py).
+        if self.scan_layers:
+            self.encoder = block()
+            self.decoder = block(causal=True, cross_attention=True)
+        else:
+            self.encoder = [block() for _ in range(self.encoder_layers)]
+            self.decoder = [
+                block(causal=True, cross_attention=True) for _ in range(self.decoder_layers)
+            ]
         if self.norm_position == "pre":  # see layers.RESIDUALS: pre-norm needs a final norm
             norm = partial(
                 layers.NORMS[self.norm],
@@ -217,8 +228,14 @@ class Transformer(nn.Module):
         else:
             mask = segment_mask(source_segments, source_segments)
         x = self._embed(source, source_positions, train)
-        for block in self.encoder:
-            x = block(x, mask=mask, train=train)
+        x = stack.run(
+            self.encoder,
+            x,
+            remat=self.remat,
+            num_layers=self.encoder_layers,
+            mask=mask,
+            train=train,
+        )
         return self.encoder_norm(x) if self.norm_position == "pre" else x
 
     def decode(
@@ -252,10 +269,23 @@ class Transformer(nn.Module):
             self_mask = None if decode else segment_mask(target_segments, target_segments)
             cross_mask = segment_mask(target_segments, source_segments)
         y = self._embed(target, positions, train)
-        for block in self.decoder:
-            y = block(
-                y, encoded, mask=self_mask, context_mask=cross_mask, train=train, decode=decode
+        if decode and self.scan_layers:
+            # Beam search reorders the cache along its batch axis, which scanning moves to 1.
+            raise ValueError(
+                "Transformer decoding (translate) needs unrolled layers: set "
+                "model.scan_layers=False and convert the params with stack.unscan_params"
             )
+        y = stack.run(
+            self.decoder,
+            y,
+            encoded,
+            remat=self.remat,
+            num_layers=self.decoder_layers,
+            mask=self_mask,
+            context_mask=cross_mask,
+            train=train,
+            decode=decode,
+        )
         if self.norm_position == "pre":
             y = self.decoder_norm(y)
         return self.embed.attend(y).astype(self.logits_dtype)  # the shared matrix again (3.4)

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research.models import layers, precision
+from research.models import attention, layers, precision, stack
 from research.models.transformer import xavier_uniform_per_projection
 
 # Sizes by name: (width D, depth, heads, MLP width). Steiner et al. 2021 ("How to train your
@@ -136,6 +136,9 @@ class ViT(nn.Module):
     dtype: str = "float32"  # compute precision, one of precision.DTYPES
     param_dtype: str = "float32"  # parameters, gradients, optimizer state (precision.py)
     output_dtype: str = "float32"  # the logits the loss sees (precision.py)
+    remat: str = "none"  # per block: none | full | a jax.checkpoint policy (models/stack.py)
+    scan_layers: bool = False  # the blocks as one nn.scan: compile time flat in depth (stack.py)
+    attention_impl: str = "einsum"  # attention.ATTENTION_IMPLS: einsum | jax | xla | cudnn | auto
 
     def __post_init__(self) -> None:
         # Bad config values fail here, at construction, in one line each.
@@ -174,6 +177,8 @@ class ViT(nn.Module):
             self.pos_emb != "sincos2d" or (width % 4 == 0 and width >= 8),
             f"ViT pos_emb='sincos2d' needs a width divisible by 4 and >= 8, got {width}",
         )
+        stack.check_remat(self.remat, "ViT")
+        attention.check_attention_impl(self.attention_impl, "ViT")
         super().__post_init__()
 
     @property
@@ -222,24 +227,31 @@ class ViT(nn.Module):
             x = x + positions.astype(dtype)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
 
-        for i in range(s["depth"]):
-            x = layers.TransformerBlock(
-                num_heads=s["num_heads"],
-                mlp_dim=s["mlp_dim"],
-                dropout_rate=self.dropout_rate,
-                attention_dropout_rate=self.attention_dropout_rate,
-                activation=self.activation,
-                norm="layer",
-                norm_position="pre",
-                norm_epsilon=self.layer_norm_epsilon,
-                dtype=dtype,
-                param_dtype=param_dtype,
-                matmul_dtype=matmul_dtype,
-                kernel_init=xavier_uniform_per_projection(width),
-                out_kernel_init=nn.initializers.xavier_uniform(),
-                mlp_kernel_init=nn.initializers.xavier_uniform(),
-                name=f"encoderblock_{i}",
-            )(x, train=train)
+        block = partial(
+            layers.TransformerBlock,
+            num_heads=s["num_heads"],
+            mlp_dim=s["mlp_dim"],
+            dropout_rate=self.dropout_rate,
+            attention_dropout_rate=self.attention_dropout_rate,
+            activation=self.activation,
+            norm="layer",
+            norm_position="pre",
+            norm_epsilon=self.layer_norm_epsilon,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            matmul_dtype=matmul_dtype,
+            kernel_init=xavier_uniform_per_projection(width),
+            out_kernel_init=nn.initializers.xavier_uniform(),
+            mlp_kernel_init=nn.initializers.xavier_uniform(),
+            attention_impl=self.attention_impl,
+        )
+        # encoderblock_0.. unrolled (big_vision's names), "encoderblock" scanned (stack.py).
+        blocks = (
+            block(name="encoderblock")
+            if self.scan_layers
+            else [block(name=f"encoderblock_{i}") for i in range(s["depth"])]
+        )
+        x = stack.run(blocks, x, remat=self.remat, num_layers=s["depth"], train=train)
         x = nn.LayerNorm(
             epsilon=self.layer_norm_epsilon,
             dtype=dtype,

@@ -69,6 +69,7 @@ from flax import traverse_util
 
 from research import checkpoint, lora, models
 from research.errors import ConfigError
+from research.models import stack
 from research.pretrained.families import (
     CLASSES,
     FAMILIES,
@@ -361,6 +362,9 @@ def to_hf(
         f"model.name={name!r}: export covers {sorted(FAMILIES)} (Hugging Face GPT-2, BERT, ViT)",
     )
     family = FAMILIES[name]
+    if model_config.get("scan_layers"):  # Hugging Face names layers one by one: unroll first.
+        params = stack.unscan_params(_plain(params), models.SCAN_PREFIXES[name])
+        model_config["scan_layers"] = False
     model = models.build(model_config)
     flat = {
         path: np.asarray(value)

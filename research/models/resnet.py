@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from research.models import conv as conv_lib
 from research.models.cnn import COMPUTE_DTYPES
 from research.models.layers import require
 
@@ -79,12 +80,18 @@ class CifarResNet(nn.Module):
     shortcut: str = "A"
     zero_init_residual: bool = False
     dtype: str = "float32"
+    # How convolutions are computed (research/models/conv.py IMPLS, or "auto": by processor).
+    conv_impl: str = "auto"
     # Named mesh/pmap axis over which BatchNorm averages its batch statistics (sync BN).
     bn_axis_name: str | None = None
 
     batch_norm: ClassVar[bool] = True  # research/models/__init__.py: the trainer sets bn_axis_name.
 
     def __post_init__(self) -> None:
+        require(
+            self.conv_impl in (*conv_lib.IMPLS, "auto"),
+            f"CifarResNet conv_impl must be one of {(*conv_lib.IMPLS, 'auto')}, got {self.conv_impl!r}",
+        )
         require(
             (self.depth - 2) % 6 == 0 and self.depth >= 8,
             f"CifarResNet depth must be 6n+2 with n >= 1 (8, 20, 32, 44, 56, 110, ...), "
@@ -113,7 +120,8 @@ class CifarResNet(nn.Module):
         """Logits [B, num_classes] for images [B, H, W, C]; BN statistics in "batch_stats"."""
         dtype = jnp.dtype(self.dtype)
         conv = partial(
-            nn.Conv,
+            conv_lib.Conv,
+            impl=conv_lib.resolve(self.conv_impl),
             padding="SAME",
             use_bias=False,  # BN right after makes a conv bias redundant
             kernel_init=he_normal_fan_out,

@@ -1,0 +1,112 @@
+"""Convolutions as one matmul (im2col), a drop-in for the ResNets' `nn.Conv`.
+
+Why: XLA:CPU runs the ResNets' small convolutions (16-64 channels, 3x3) at ~18% of its float32
+matmul peak (bench/NOTES.md, "Convolutions"), while its dots run in the fast matmul library, and
+bfloat16-operand dots at ~8x the float32 rate on CPUs with AVX512-BF16. So the patches of each
+output pixel are gathered with kh * kw shifted (strided) slices of the padded input, concatenated
+on the channel axis ([B, H', W', kh * kw * Cin]), and multiplied by the kernel reshaped to
+[kh * kw * Cin, Cout]: one dot forward, two backward (research/models/precision.py, which also
+rounds the operands to `dtype` and accumulates in float32). The slices' gradient (pads and adds of
+the patch gradient) is autodiff's.
+
+`Conv(impl=...)` keeps nn.Conv's parameter ("kernel" [kh, kw, Cin, Cout], "bias") so a checkpoint
+does not depend on the implementation:
+
+    "xla"          nn.Conv: XLA's convolution
+    "im2col"       patches @ kernel, float32 operands
+    "im2col_bf16"  patches @ kernel, bfloat16 operands, float32 accumulation (forward and backward)
+
+"auto" resolves by processor kind (research/hardware.py) through AUTO_IMPLS, measured in
+bench/NOTES.md ("ResNet-20 conv_impl (issue 16 item 4)").
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from research import hardware
+from research.models import precision
+
+IMPLS = ("xla", "im2col", "im2col_bf16")
+# Processor kind -> the implementation measured fastest for ResNet-20's training step.
+AUTO_IMPLS = {
+    # im2col measured 1.5-2.7x slower than XLA's convolutions for ResNet-20 (bench/NOTES.md).
+    "cpu_bf16": "xla",
+    "cpu": "xla",
+    # Accelerators: cuDNN / TPU convolutions; not measured here (no accelerator).
+    "gpu": "xla",
+    "tpu": "xla",
+}
+# The operands' dtype of each matmul implementation.
+_OPERAND_DTYPES = {"im2col": jnp.float32, "im2col_bf16": jnp.bfloat16}
+
+
+def resolve(impl: str) -> str:
+    """`impl` with "auto" replaced by this processor's choice (AUTO_IMPLS)."""
+    if impl != "auto":
+        return impl
+    return AUTO_IMPLS.get(hardware.kind(), "xla")
+
+
+def patches(x: jax.Array, kernel_size: Sequence[int], strides: Sequence[int]) -> jax.Array:
+    """[B, H', W', kh * kw * C]: each output pixel's SAME-padded window, (kh, kw, C) flattened.
+
+    The flattening order is that of a kernel [kh, kw, C, Cout] reshaped to [kh * kw * C, Cout].
+    """
+    _, height, width, _ = x.shape
+    pads = jax.lax.padtype_to_pads((height, width), kernel_size, strides, "SAME")
+    x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    out_h = -(-height // strides[0])
+    out_w = -(-width // strides[1])
+    (kh, kw), (sh, sw) = kernel_size, strides
+    if (kh, kw) == (1, 1):
+        return x[:, : (out_h - 1) * sh + 1 : sh, : (out_w - 1) * sw + 1 : sw, :]
+    windows = [
+        x[:, i : i + (out_h - 1) * sh + 1 : sh, j : j + (out_w - 1) * sw + 1 : sw, :]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    return jnp.concatenate(windows, axis=-1)
+
+
+class Conv(nn.Module):
+    """nn.Conv (NHWC, padding SAME, no dilation or groups) computed by `impl` (IMPLS)."""
+
+    features: int
+    kernel_size: Sequence[int]
+    strides: int | Sequence[int] = 1
+    padding: str = "SAME"
+    use_bias: bool = True
+    impl: str = "xla"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: Callable[..., jax.Array] = nn.initializers.lecun_normal()
+    bias_init: Callable[..., jax.Array] = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Convolution of NHWC `x`."""
+        strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
+        kh, kw = self.kernel_size
+        kernel = self.param(
+            "kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features), self.param_dtype
+        )
+        bias = (
+            self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias
+            else None
+        )
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        if self.impl == "xla":  # nn.Conv's arithmetic.
+            y = jax.lax.conv_general_dilated(
+                x, kernel, strides, self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+        else:
+            assert self.padding == "SAME", f"Conv impl {self.impl!r} supports padding SAME only"
+            cols = patches(x, (kh, kw), strides)
+            kernel2 = kernel.reshape(-1, self.features)
+            y = precision.matmul(cols, kernel2, _OPERAND_DTYPES[self.impl])
+        return y if bias is None else y + bias

@@ -20,6 +20,7 @@ does not depend on the implementation:
 bench/NOTES.md ("ResNet-20 conv_impl (issue 16 item 4)").
 """
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,7 +31,7 @@ import jax.numpy as jnp
 from research import hardware
 from research.models import precision
 
-IMPLS = ("xla", "im2col", "im2col_bf16")
+IMPLS = ("xla", "xla_bf16", "im2col", "im2col_bf16")
 # Processor kind -> the implementation measured fastest for ResNet-20's training step.
 AUTO_IMPLS = {
     # im2col measured 1.5-2.7x slower than XLA's convolutions for ResNet-20 (bench/NOTES.md).
@@ -51,17 +52,23 @@ def resolve(impl: str) -> str:
     return AUTO_IMPLS.get(hardware.kind(), "xla")
 
 
-def patches(x: jax.Array, kernel_size: Sequence[int], strides: Sequence[int]) -> jax.Array:
-    """[B, H', W', kh * kw * C]: each output pixel's SAME-padded window, (kh, kw, C) flattened.
+def patches(
+    x: jax.Array, kernel_size: Sequence[int], strides: Sequence[int], padding: Any = "SAME"
+) -> jax.Array:
+    """[B, H', W', kh * kw * C]: each output pixel's padded window, (kh, kw, C) flattened.
 
-    The flattening order is that of a kernel [kh, kw, C, Cout] reshaped to [kh * kw * C, Cout].
+    `padding` is "SAME" or ((top, bottom), (left, right)), as nn.Conv's. The flattening order is
+    that of a kernel [kh, kw, C, Cout] reshaped to [kh * kw * C, Cout].
     """
     _, height, width, _ = x.shape
-    pads = jax.lax.padtype_to_pads((height, width), kernel_size, strides, "SAME")
-    x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-    out_h = -(-height // strides[0])
-    out_w = -(-width // strides[1])
+    if isinstance(padding, str):
+        assert padding == "SAME", f"padding {padding!r}: SAME or explicit pairs"
+        padding = jax.lax.padtype_to_pads((height, width), kernel_size, strides, "SAME")
+    (top, bottom), (left, right) = padding
+    x = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
     (kh, kw), (sh, sw) = kernel_size, strides
+    out_h = (height + top + bottom - kh) // sh + 1
+    out_w = (width + left + right - kw) // sw + 1
     if (kh, kw) == (1, 1):
         return x[:, : (out_h - 1) * sh + 1 : sh, : (out_w - 1) * sw + 1 : sw, :]
     windows = [
@@ -73,12 +80,12 @@ def patches(x: jax.Array, kernel_size: Sequence[int], strides: Sequence[int]) ->
 
 
 class Conv(nn.Module):
-    """nn.Conv (NHWC, padding SAME, no dilation or groups) computed by `impl` (IMPLS)."""
+    """nn.Conv (NHWC, no dilation or groups) computed by `impl` (IMPLS)."""
 
     features: int
     kernel_size: Sequence[int]
     strides: int | Sequence[int] = 1
-    padding: str = "SAME"
+    padding: Any = "SAME"  # or ((top, bottom), (left, right))
     use_bias: bool = True
     impl: str = "xla"
     dtype: Any = None
@@ -101,12 +108,47 @@ class Conv(nn.Module):
         )
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         if self.impl == "xla":  # nn.Conv's arithmetic.
-            y = jax.lax.conv_general_dilated(
-                x, kernel, strides, self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
-            )
+            y = _xla_conv(x, kernel, strides, self.padding)
+        elif self.impl == "xla_bf16":
+            y = _conv_bf16(x, kernel, strides, self.padding)
         else:
-            assert self.padding == "SAME", f"Conv impl {self.impl!r} supports padding SAME only"
-            cols = patches(x, (kh, kw), strides)
+            cols = patches(x, (kh, kw), strides, self.padding)
             kernel2 = kernel.reshape(-1, self.features)
             y = precision.matmul(cols, kernel2, _OPERAND_DTYPES[self.impl])
         return y if bias is None else y + bias
+
+
+def _xla_conv(x, kernel, strides, padding):
+    return jax.lax.conv_general_dilated(
+        x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_bf16(x, kernel, strides, padding):
+    """XLA's convolution of bfloat16 operands, float32 accumulation; its VJP's too."""
+    return _conv_bf16_forward(x, kernel, strides, padding)[0]
+
+
+def _conv_bf16_forward(x, kernel, strides, padding):
+    x_low, kernel_low = x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
+    y = jax.lax.conv_general_dilated(
+        x_low,
+        kernel_low,
+        strides,
+        padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        preferred_element_type=jnp.float32,
+    )
+    return y.astype(x.dtype), (x_low, kernel_low)
+
+
+def _conv_bf16_backward(strides, padding, residuals, dy):
+    # Both gradients are XLA convolutions of bfloat16 operands (rounded bfloat16 results).
+    x_low, kernel_low = residuals
+    _, vjp = jax.vjp(lambda a, b: _xla_conv(a, b, strides, padding), x_low, kernel_low)
+    dx, dkernel = vjp(dy.astype(jnp.bfloat16))
+    return dx.astype(dy.dtype), dkernel.astype(dy.dtype)
+
+
+_conv_bf16.defvjp(_conv_bf16_forward, _conv_bf16_backward)

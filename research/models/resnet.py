@@ -211,12 +211,19 @@ class ImageNetResNet(nn.Module):
     zero_init_residual: bool = False
     conv_init: str = "he_normal_fan_out"  # CONV_INITS
     dtype: str = "float32"
+    # How convolutions are computed (research/models/conv.py IMPLS, or "auto": by processor).
+    conv_impl: str = "auto"
     # Named mesh/pmap axis over which BatchNorm averages its batch statistics (sync BN).
     bn_axis_name: str | None = None
 
     batch_norm: ClassVar[bool] = True  # research/models/__init__.py: the trainer sets bn_axis_name.
 
     def __post_init__(self) -> None:
+        require(
+            self.conv_impl in (*conv_lib.IMPLS, "auto"),
+            f"ImageNetResNet conv_impl must be one of {(*conv_lib.IMPLS, 'auto')}, "
+            f"got {self.conv_impl!r}",
+        )
         require(
             self.conv_init in CONV_INITS,
             f"unknown ImageNetResNet conv_init {self.conv_init!r}; choose one of {sorted(CONV_INITS)}",
@@ -244,7 +251,8 @@ class ImageNetResNet(nn.Module):
         """Logits [B, num_classes] for images [B, H, W, C]; BN statistics in "batch_stats"."""
         dtype = jnp.dtype(self.dtype)
         conv = partial(
-            nn.Conv,
+            conv_lib.Conv,
+            impl=conv_lib.resolve(self.conv_impl),
             padding="SAME",
             use_bias=False,
             kernel_init=CONV_INITS[self.conv_init],

@@ -235,7 +235,7 @@ class Model:
 def torch_reference(args: argparse.Namespace) -> dict:
     """torch_resnet.py's JSON line: median ms/step of `--torch_steps` (after 3 warm-up steps)."""
     out = subprocess.run(
-        [args.torch_python, str(TORCH_SCRIPT), *TORCH_ARGS, "--steps", str(args.torch_steps)],
+        [args.torch_python, args.torch_script, *TORCH_ARGS, "--steps", str(args.torch_steps)],
         capture_output=True,
         text=True,
         check=True,
@@ -251,6 +251,9 @@ def main() -> None:
     parser.add_argument("--model", action="append", choices=sorted(MODELS), help="repeatable")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=5.0, help="timed per model per round")
+    parser.add_argument(
+        "--torch_script", default=str(TORCH_SCRIPT), help="torch_resnet.py (from a worktree too)"
+    )
     parser.add_argument("--torch_steps", type=int, default=10, help="per reference run")
     parser.add_argument("--trainer_steps", type=int, default=0, help="0 = each model's default")
     parser.add_argument("--resnet50_batch", type=int, default=8)

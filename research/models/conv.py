@@ -1,18 +1,24 @@
-"""Convolutions as one matmul (im2col), a drop-in for the ResNets' `nn.Conv`.
+"""How the ResNets' convolutions are computed: a drop-in for `nn.Conv` with a choice of arithmetic.
 
-Why: XLA:CPU runs the ResNets' small convolutions (16-64 channels, 3x3) at ~18% of its float32
-matmul peak (bench/NOTES.md, "Convolutions"), while its dots run in the fast matmul library, and
-bfloat16-operand dots at ~8x the float32 rate on CPUs with AVX512-BF16. So the patches of each
-output pixel are gathered with kh * kw shifted (strided) slices of the padded input, concatenated
-on the channel axis ([B, H', W', kh * kw * Cin]), and multiplied by the kernel reshaped to
-[kh * kw * Cin, Cout]: one dot forward, two backward (research/models/precision.py, which also
-rounds the operands to `dtype` and accumulates in float32). The slices' gradient (pads and adds of
-the patch gradient) is autodiff's.
+Why: XLA:CPU's float32 convolutions run ResNet-20's step at ~18% of the float32 matmul peak
+(bench/NOTES.md, "Convolutions"), ~3x slower than PyTorch's. Two ideas were measured
+(bench/NOTES.md, "ResNet-20 conv_impl (issue 16 item 4)"):
+
+- bfloat16 operands with float32 accumulation (`xla_bf16`), as research/models/precision.py does
+  for the GPT's matmuls: on CPUs with AVX512-BF16 the step is 1.2-1.45x faster. "auto" picks it.
+- im2col: each output pixel's window gathered by kh * kw shifted (strided) slices of the padded
+  input, concatenated on the channel axis ([B, H', W', kh * kw * Cin]), times the kernel reshaped
+  to [kh * kw * Cin, Cout] (precision.py's matmul, forward and backward). Slower: XLA:CPU's
+  concatenate of 16-channel slices alone costs ~10x the convolution it replaces. Kept, tested,
+  for other processors and for the record.
 
 `Conv(impl=...)` keeps nn.Conv's parameter ("kernel" [kh, kw, Cin, Cout], "bias") so a checkpoint
 does not depend on the implementation:
 
     "xla"          nn.Conv: XLA's convolution
+    "xla_bf16"     XLA's convolutions of bfloat16 operands, float32 accumulation, forward and both
+                   gradients (a custom VJP, as precision.py's matmul); the gradients are rounded
+                   to bfloat16 (~0.4%), the parameters and activations stay float32
     "im2col"       patches @ kernel, float32 operands
     "im2col_bf16"  patches @ kernel, bfloat16 operands, float32 accumulation (forward and backward)
 
@@ -34,8 +40,10 @@ from research.models import precision
 IMPLS = ("xla", "xla_bf16", "im2col", "im2col_bf16")
 # Processor kind -> the implementation measured fastest for ResNet-20's training step.
 AUTO_IMPLS = {
-    # im2col measured 1.5-2.7x slower than XLA's convolutions for ResNet-20 (bench/NOTES.md).
-    "cpu_bf16": "xla",
+    # ResNet-20's step 1.2-1.45x faster with bf16 operands than float32 (same rounds); im2col
+    # 1.5-2.7x slower than XLA's convolutions (bench/NOTES.md).
+    "cpu_bf16": "xla_bf16",
+    # AVX2 only: bf16 operands are converted to float32 (as for the GPT); not measured.
     "cpu": "xla",
     # Accelerators: cuDNN / TPU convolutions; not measured here (no accelerator).
     "gpu": "xla",
@@ -144,10 +152,16 @@ def _conv_bf16_forward(x, kernel, strides, padding):
 
 
 def _conv_bf16_backward(strides, padding, residuals, dy):
-    # Both gradients are XLA convolutions of bfloat16 operands (rounded bfloat16 results).
+    # Both gradients are XLA convolutions of bfloat16 operands (rounded to bfloat16), the
+    # convolution's transposes in each operand (no forward recomputed).
     x_low, kernel_low = residuals
-    _, vjp = jax.vjp(lambda a, b: _xla_conv(a, b, strides, padding), x_low, kernel_low)
-    dx, dkernel = vjp(dy.astype(jnp.bfloat16))
+    dy_low = dy.astype(jnp.bfloat16)
+    (dx,) = jax.linear_transpose(lambda a: _xla_conv(a, kernel_low, strides, padding), x_low)(
+        dy_low
+    )
+    (dkernel,) = jax.linear_transpose(lambda b: _xla_conv(x_low, b, strides, padding), kernel_low)(
+        dy_low
+    )
     return dx.astype(dy.dtype), dkernel.astype(dy.dtype)
 
 

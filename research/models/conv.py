@@ -5,7 +5,7 @@ Why: XLA:CPU's float32 convolutions run ResNet-20's step at ~18% of the float32 
 (bench/NOTES.md, "ResNet-20 conv_impl (issue 16 item 4)"):
 
 - bfloat16 operands with float32 accumulation (`xla_bf16`), as research/models/precision.py does
-  for the GPT's matmuls: on CPUs with AVX512-BF16 the step is 1.2-1.45x faster. "auto" picks it.
+  for the GPT's matmuls: on CPUs with AVX512-BF16 the step is 1.05-1.6x faster. "auto" picks it.
 - im2col: each output pixel's window gathered by kh * kw shifted (strided) slices of the padded
   input, concatenated on the channel axis ([B, H', W', kh * kw * Cin]), times the kernel reshaped
   to [kh * kw * Cin, Cout] (precision.py's matmul, forward and backward). Slower: XLA:CPU's
@@ -40,7 +40,7 @@ from research.models import precision
 IMPLS = ("xla", "xla_bf16", "im2col", "im2col_bf16")
 # Processor kind -> the implementation measured fastest for ResNet-20's training step.
 AUTO_IMPLS = {
-    # ResNet-20's step 1.2-1.45x faster with bf16 operands than float32 (same rounds); im2col
+    # ResNet-20's step 1.05-1.6x faster with bf16 operands than float32 (same rounds); im2col
     # 1.5-2.7x slower than XLA's convolutions (bench/NOTES.md).
     "cpu_bf16": "xla_bf16",
     # AVX2 only: bf16 operands are converted to float32 (as for the GPT); not measured.

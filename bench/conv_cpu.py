@@ -2,6 +2,7 @@
 
     python bench/conv_cpu.py --torch_python=/tmp/torch-ref/bin/python
     python bench/conv_cpu.py --model=resnet20 --rounds=3 --seconds=3   # one model, short rounds
+    python bench/conv_cpu.py --model=resnet20 --conv_impl=xla --conv_impl=xla_bf16  # side by side
 
 Models (MODELS below), each the experiment's own config and step:
   resnet20  experiments/cifar10_resnet20.py, batch 128 of 32x32x3 (tfds mock data of CIFAR-10's
@@ -194,10 +195,12 @@ def _conv_dot_flops(jaxpr) -> int:
 class Model:
     """A worker process for one model."""
 
-    def __init__(self, name: str, args: argparse.Namespace):
-        self.name = name
+    def __init__(self, name: str, args: argparse.Namespace, conv_impl: str | None = None):
+        self.name = name if conv_impl is None else f"{name}[{conv_impl}]"
         experiment, overrides, trainer_steps = MODELS[name]
         overrides = dict(overrides)
+        if conv_impl is not None:
+            overrides["model.conv_impl"] = conv_impl
         if name == "resnet50":
             overrides |= {"train.batch_size": args.resnet50_batch, "train.eval_batch_size": 32}
         self.spec = dict(
@@ -232,7 +235,7 @@ class Model:
 def torch_reference(args: argparse.Namespace) -> dict:
     """torch_resnet.py's JSON line: median ms/step of `--torch_steps` (after 3 warm-up steps)."""
     out = subprocess.run(
-        [args.torch_python, str(TORCH_SCRIPT), *TORCH_ARGS, "--steps", str(args.torch_steps)],
+        [args.torch_python, args.torch_script, *TORCH_ARGS, "--steps", str(args.torch_steps)],
         capture_output=True,
         text=True,
         check=True,
@@ -248,9 +251,18 @@ def main() -> None:
     parser.add_argument("--model", action="append", choices=sorted(MODELS), help="repeatable")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=5.0, help="timed per model per round")
+    parser.add_argument(
+        "--torch_script", default=str(TORCH_SCRIPT), help="torch_resnet.py (from a worktree too)"
+    )
     parser.add_argument("--torch_steps", type=int, default=10, help="per reference run")
     parser.add_argument("--trainer_steps", type=int, default=0, help="0 = each model's default")
     parser.add_argument("--resnet50_batch", type=int, default=8)
+    parser.add_argument(
+        "--conv_impl",
+        action="append",
+        help="model.conv_impl of the ResNets (research/models/conv.py); repeatable: one worker "
+        "each, timed in the same rounds. Default: the recipe's",
+    )
     parser.add_argument("--peak_size", type=int, default=1024)
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -259,13 +271,19 @@ def main() -> None:
 
     loads = [load_average()]
     models = []
-    for name in args.model or MODELS:  # One at a time: each trainer run has the CPU to itself.
-        model = Model(name, args)
+    # One at a time: each trainer run has the CPU to itself.
+    workers = [
+        (name, impl)
+        for name in args.model or MODELS
+        for impl in (args.conv_impl if args.conv_impl and name != "digits" else [None])
+    ]
+    for name, impl in workers:
+        model = Model(name, args, impl)
         model.info = model.receive()
         models.append(model)
         info = model.info
         print(
-            f"{name}: trainer {1e3 / info['trainer_steps_per_s']:.1f} ms/step, trace "
+            f"{model.name}: trainer {1e3 / info['trainer_steps_per_s']:.1f} ms/step, trace "
             f"{info['trace_s']:.1f} s, compile {info['compile_s']:.1f} s",
             file=sys.stderr,
             flush=True,
@@ -329,12 +347,12 @@ def report(args, models, torch_runs, peaks, loads) -> None:
             "overrides": m.spec["overrides"],
             "trainer_steps": m.spec["trainer_steps"],
         }
-        if torch_ms and m.name == "resnet20":
+        if torch_ms and m.name.startswith("resnet20"):
             r["torch_over_ours"] = round(median(t / o for t, o in zip(torch_ms, m.ms)), 3)
         results[m.name] = r
 
     columns = (
-        ("model", 9, "s"),
+        ("model", 19, "s"),
         ("batch", 5, "d"),
         ("ms/step", 8, ".1f"),
         ("images/s", 8, ".1f"),

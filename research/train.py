@@ -36,6 +36,7 @@ from research import (
 from research.data import DatasetInfo
 from research.errors import ConfigError, ConfigMismatch, TrainingHalted
 from research.expected import Curve, Expected
+from research.models import conv
 from research.preemption import Preemption
 from research.writer import NOT_METRICS, MetricWriter, read_metrics
 
@@ -248,6 +249,8 @@ def run(
                 print(f"{wd}: {stale_note}", flush=True)
             # The config may say dtype "auto": what it resolved to on this processor.
             extra = {"model_dtype": models.dtype(config.model)}
+            if "conv_impl" in config.model:  # The ResNets' "auto" likewise.
+                extra["model_conv_impl"] = conv.resolve(config.model.conv_impl)
             if relaunch.fork_from is not None:
                 checkpoint.copy_step(
                     relaunch.fork_from / "checkpoints", relaunch.latest_step, wd / "checkpoints"
@@ -637,6 +640,10 @@ def _precision(config: ml_collections.ConfigDict) -> str:
     if dtype is None:
         return ""
     auto = f" (auto, {hardware.kind()})" if config.model.get("dtype") == "auto" else ""
+    impl = config.model.get("conv_impl")
+    if impl is not None:
+        why = f" (auto, {hardware.kind()})" if impl == "auto" else ""
+        auto += f", conv_impl {conv.resolve(impl)}{why}"
     return f", dtype {dtype}{auto}"
 
 

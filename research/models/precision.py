@@ -114,3 +114,8 @@ def _matmul_backward(dtype, residuals, dy):
 
 
 _matmul.defvjp(_matmul_forward, _matmul_backward)
+
+
+def matmul(x: jax.Array, kernel: jax.Array, dtype: Any) -> jax.Array:
+    """x [..., K] @ kernel [K, N] with `dtype` operands and float32 accumulation, as dense_dot_general."""
+    return _matmul(x, kernel, dtype)

@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from research.models import conv as conv_lib
 from research.models import precision
 from research.models.cnn import COMPUTE_DTYPES
 from research.models.layers import require
@@ -82,12 +83,18 @@ class CifarResNet(nn.Module):
     dtype: str = "float32"  # compute: float32 | bfloat16 | float16 (precision.CONV_DTYPES)
     param_dtype: str = "float32"  # parameters, gradients, optimizer state (precision.py)
     output_dtype: str = "float32"  # the logits the loss sees (precision.py)
+    # How convolutions are computed (research/models/conv.py IMPLS, or "auto": by processor).
+    conv_impl: str = "auto"
     # Named mesh/pmap axis over which BatchNorm averages its batch statistics (sync BN).
     bn_axis_name: str | None = None
 
     batch_norm: ClassVar[bool] = True  # research/models/__init__.py: the trainer sets bn_axis_name.
 
     def __post_init__(self) -> None:
+        require(
+            self.conv_impl in (*conv_lib.IMPLS, "auto"),
+            f"CifarResNet conv_impl must be one of {(*conv_lib.IMPLS, 'auto')}, got {self.conv_impl!r}",
+        )
         require(
             (self.depth - 2) % 6 == 0 and self.depth >= 8,
             f"CifarResNet depth must be 6n+2 with n >= 1 (8, 20, 32, 44, 56, 110, ...), "
@@ -120,7 +127,8 @@ class CifarResNet(nn.Module):
             "", self.dtype, self.param_dtype, self.output_dtype, COMPUTE_DTYPES
         )
         conv = partial(
-            nn.Conv,
+            conv_lib.Conv,
+            impl=conv_lib.resolve(self.conv_impl),
             padding="SAME",
             use_bias=False,  # BN right after makes a conv bias redundant
             kernel_init=he_normal_fan_out,
@@ -212,12 +220,19 @@ class ImageNetResNet(nn.Module):
     dtype: str = "float32"  # compute: float32 | bfloat16 | float16 (precision.CONV_DTYPES)
     param_dtype: str = "float32"  # parameters, gradients, optimizer state (precision.py)
     output_dtype: str = "float32"  # the logits the loss sees (precision.py)
+    # How convolutions are computed (research/models/conv.py IMPLS, or "auto": by processor).
+    conv_impl: str = "auto"
     # Named mesh/pmap axis over which BatchNorm averages its batch statistics (sync BN).
     bn_axis_name: str | None = None
 
     batch_norm: ClassVar[bool] = True  # research/models/__init__.py: the trainer sets bn_axis_name.
 
     def __post_init__(self) -> None:
+        require(
+            self.conv_impl in (*conv_lib.IMPLS, "auto"),
+            f"ImageNetResNet conv_impl must be one of {(*conv_lib.IMPLS, 'auto')}, "
+            f"got {self.conv_impl!r}",
+        )
         require(
             self.conv_init in CONV_INITS,
             f"unknown ImageNetResNet conv_init {self.conv_init!r}; choose one of {sorted(CONV_INITS)}",
@@ -247,7 +262,8 @@ class ImageNetResNet(nn.Module):
             "", self.dtype, self.param_dtype, self.output_dtype, COMPUTE_DTYPES
         )
         conv = partial(
-            nn.Conv,
+            conv_lib.Conv,
+            impl=conv_lib.resolve(self.conv_impl),
             padding="SAME",
             use_bias=False,
             kernel_init=CONV_INITS[self.conv_init],

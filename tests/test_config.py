@@ -56,7 +56,7 @@ def test_bad_overrides_raise_one_line(overrides, message):
 
 def test_batch_must_split_over_devices():
     c = cfg.build_config("experiments/digits_cnn.py", {"train.batch_size": "12"})
-    with pytest.raises(cfg.ConfigError, match="does not split over 8 devices"):
+    with pytest.raises(cfg.ConfigError, match="does not split over 8 batch shards"):
         cfg.validate(c, device_count=8)
     cfg.validate(c, device_count=4)
 

@@ -47,6 +47,7 @@ BAD_TEXT = {
     "data.target_lang": ("xx",),
     "data.tokenizer_model": ("/no/such/file.model",),
     "init.source": ("/no/such/run",),
+    "parallel.mesh": ("model=2", "data=x", "data=-1,fsdp=-1"),
     "train.best_metric": ("eval/no_such_metric", "no_such_split/loss"),
     "expected.metric": ("test/no_such_metric", "accuracy"),
     "expected.source": None,

@@ -276,7 +276,9 @@ def test_eval_batch_must_split_over_the_devices(tmp_path, monkeypatch):
     config = cfg.build_config(
         "experiments/digits_cnn.py:smoke", {"train.batch_size": "16", "train.eval_batch_size": "12"}
     )
-    with pytest.raises(cfg.ConfigError, match="eval_batch_size=12 does not split over 8 batch shards"):
+    with pytest.raises(
+        cfg.ConfigError, match="eval_batch_size=12 does not split over 8 batch shards"
+    ):
         train.prepare(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 

@@ -232,11 +232,7 @@ class Bert(nn.Module):
         )
         num_layers = sizes["num_layers"]
         # Named layer_0..layer_{L-1} unrolled, or "layer" stacked when scanned (stack.py).
-        blocks = (
-            block(name="layer")
-            if self.scan_layers
-            else [block(name=f"layer_{i}") for i in range(num_layers)]
-        )
+        blocks = stack.blocks(block, "layer_", num_layers, self.scan_layers)
         x = stack.run(blocks, x, remat=self.remat, num_layers=num_layers, mask=mask, train=train)
 
         # --- heads ---

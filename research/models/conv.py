@@ -2,7 +2,7 @@
 
 Why: XLA:CPU's float32 convolutions run ResNet-20's step at ~18% of the float32 matmul peak
 (bench/NOTES.md, "Convolutions"), ~3x slower than PyTorch's. Two ideas were measured
-(bench/NOTES.md, "ResNet-20 conv_impl (issue 16 item 4)"):
+(bench/NOTES.md, "ResNet-20 conv_impl"):
 
 - bfloat16 operands with float32 accumulation (`xla_bf16`), as research/models/precision.py does
   for the GPT's matmuls: on CPUs with AVX512-BF16 the step is 1.05-1.6x faster. "auto" picks it.
@@ -23,7 +23,7 @@ does not depend on the implementation:
     "im2col_bf16"  patches @ kernel, bfloat16 operands, float32 accumulation (forward and backward)
 
 "auto" resolves by processor kind (research/hardware.py) through AUTO_IMPLS, measured in
-bench/NOTES.md ("ResNet-20 conv_impl (issue 16 item 4)").
+bench/NOTES.md ("ResNet-20 conv_impl").
 """
 
 import functools

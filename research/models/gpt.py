@@ -163,11 +163,7 @@ class GPT(nn.Module):
             attention_impl=self.attention_impl,
         )
         # Named h_0..h_{L-1} unrolled (GPT-2's h.0..), or "h" stacked when scanned (stack.py).
-        blocks = (
-            block(name="h")
-            if self.scan_layers
-            else [block(name=f"h_{i}") for i in range(self.num_layers)]
-        )
+        blocks = stack.blocks(block, "h_", self.num_layers, self.scan_layers)
         x = stack.run(
             blocks, x, remat=self.remat, num_layers=self.num_layers, train=train, decode=decode
         )

@@ -56,6 +56,16 @@ def _step(block, x, context, mask, context_mask, train, decode):
     return _call(block, x, context, mask, context_mask, train, decode), None
 
 
+def blocks(
+    make_block: Callable[..., nn.Module], prefix: str, num_layers: int, scanned: bool
+) -> nn.Module | list[nn.Module]:
+    """`run`'s blocks named as the parameter layout (module docstring): `make_block(name=...)`
+    once as `scanned_name(prefix)` when scanned, else `num_layers` times as `{prefix}{i}`."""
+    if scanned:
+        return make_block(name=scanned_name(prefix))
+    return [make_block(name=f"{prefix}{i}") for i in range(num_layers)]
+
+
 def run(
     blocks: nn.Module | Sequence[nn.Module],
     x: jax.Array,

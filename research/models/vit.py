@@ -246,11 +246,7 @@ class ViT(nn.Module):
             attention_impl=self.attention_impl,
         )
         # encoderblock_0.. unrolled (big_vision's names), "encoderblock" scanned (stack.py).
-        blocks = (
-            block(name="encoderblock")
-            if self.scan_layers
-            else [block(name=f"encoderblock_{i}") for i in range(s["depth"])]
-        )
+        blocks = stack.blocks(block, "encoderblock_", s["depth"], self.scan_layers)
         x = stack.run(blocks, x, remat=self.remat, num_layers=s["depth"], train=train)
         x = nn.LayerNorm(
             epsilon=self.layer_norm_epsilon,

@@ -25,6 +25,9 @@ Mixup and cutmix (`augment.batch_mixer`) mix each of this process's batches afte
 a generator seeded by (seed, batch index), and add "label_probs" [b, classes]. They pair examples
 within a process's batch, so with them on, batch k is a function of (seed, k, process_count).
 
+With data.workers = N > 0 every stage above runs in N grain worker processes, each computing
+whole batches (research/data/workers.py); the batches and the iterator's state are the same.
+
 Evaluation visits every example of a split once, in source order, across all processes; every
 process yields the same number of batches (collectives stay in step), the last ones padded with
 `mask=False` examples.

@@ -11,7 +11,11 @@ starts the workers on `ds[k:]`, and every stage of `ds` is a pure function of it
 (grain's own multiprocess state is one state per worker, tied to their number.)
 
 The workers start at the first `next`, not on construction, so `set_state` right after building
-(a resumed run) starts them once, at the right batch; `close` stops them.
+(a resumed run) starts them once, at the right batch; `close` stops them. grain starts them by
+spawning: each is a fresh Python that imports the main script, so a script that iterates must
+guard its entry point with `if __name__ == "__main__":` (launch.py does); without it the workers
+fail with multiprocessing's "bootstrapping phase" error, and grain's cleanup of the process that
+never started adds "can only join a started process" at exit.
 """
 
 from typing import Any

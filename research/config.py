@@ -77,6 +77,9 @@ def defaults() -> ml_collections.ConfigDict:
             "mean": (),  # Per-channel normalisation after scaling to [0, 1]; () = none.
             "std": (),
             "augment": augment.OFF,  # research/data/augment.py: all off.
+            # Processes computing training batches (reading, decoding, augmenting) while the step
+            # runs; 0 = in the trainer's process. The batches are the same (data/workers.py).
+            "workers": 0,
             "mock": False,  # tfds.testing.mock_data: random examples of the real shapes, no download.
             # Text (kind="text", research/data/text.py) and translation (research/data/translation.py):
             # A local text file (text), or parallel text (translation), replacing `name`; the root
@@ -558,6 +561,7 @@ def rules() -> dict[str, Rule]:
         "data.augment.randaugment_magnitude": COUNT,
         "data.augment.mixup_alpha": NON_NEGATIVE,
         "data.augment.cutmix_alpha": NON_NEGATIVE,
+        "data.workers": COUNT,
         "data.mock": FLAG,
         "data.path": TEXT,  # Checked for readability before a run.
         "data.target_path": TEXT,  # Checked for readability before a run.
@@ -668,6 +672,7 @@ KIND_FIELDS = {
     "mean": ("images",),
     "std": ("images",),
     "augment": ("images",),
+    "workers": ("images",),
     "path": ("text", "translation", "masked_text", "text_classification", "images"),
     "tokenizer": ("text", "translation", "masked_text", "text_classification"),
     "seq_len": ("text", "translation", "masked_text", "text_classification"),

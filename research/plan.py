@@ -186,6 +186,8 @@ def _data_shapes(config: ml_collections.ConfigDict) -> tuple[data.DatasetInfo, d
 
 def _read_shapes(data_config: ml_collections.ConfigDict) -> tuple[data.DatasetInfo, dict]:
     info = data.info(data_config)
+    data_config = ml_collections.ConfigDict(data_config.to_dict())
+    data_config.workers = 0  # One batch's shapes: not worth starting worker processes.
     rows = next(
         data.train_iterator(
             data_config, global_batch_size=2, seed=0, process_index=0, process_count=1

@@ -533,6 +533,7 @@ def _train(
             raise
         finally:
             bar.close()
+            train_iter.close()  # Stops data.workers' processes now, not at interpreter exit.
     if step < tc.steps and not meta["stopped_early"]:
         writer.close()
         ckpt.close()

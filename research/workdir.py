@@ -57,7 +57,8 @@ PACKAGES = (
 # -------------------------------------------------------------------------------------------------
 
 # Fields a relaunch may change and still continue the same run: how long it trains, how often it
-# logs, evaluates and saves, how it is laid out on devices, and the target it is checked against.
+# logs, evaluates and saves, how it is laid out on devices and input processes (data.workers: the
+# same batches), and the target it is checked against.
 # Anything else (model, data, optimizer, schedule, seed, ...) makes a different run: fork it.
 RESUMABLE_CHANGES = (
     "train.steps",
@@ -72,6 +73,7 @@ RESUMABLE_CHANGES = (
     "train.max_consecutive_skips",
     "train.off_curve",
     "data.data_dir",
+    "data.workers",
     "decode.*",
     "parallel.*",
     "expected.*",

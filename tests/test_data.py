@@ -152,6 +152,32 @@ def test_resuming_from_get_state_replays_the_uninterrupted_stream_bitwise(data_d
         np.testing.assert_array_equal(expected["label"], actual["label"])
 
 
+def test_worker_processes_give_the_in_process_batches_and_states_cross_over(data_dir):
+    """data.workers=2 (research/data/workers.py) resumes an in-process state and yields the
+    in-process stream from there, batch for batch; its own state resumes in-process, bitwise.
+    One start of the workers: each imports research.data, seconds on a loaded machine."""
+    config = make_config(data_dir, image_scale=1 / 16, augment=ALL_AUGMENT)
+    kwargs = dict(global_batch_size=16, seed=3, process_index=0, process_count=1)
+    in_process = take(data.train_iterator(config, **kwargs), 6)
+
+    config.workers = 2
+    with_workers = data.train_iterator(config, **kwargs)
+    with_workers.set_state({"next_index": 1})  # As a checkpoint of an in-process run holds it.
+    try:
+        got = take(with_workers, 3)
+        saved = json.loads(json.dumps(with_workers.get_state()))
+    finally:
+        with_workers.close()
+    assert saved == {"next_index": 4}  # The in-process iterator's state, whatever the workers.
+    config.workers = 0
+    resumed = data.train_iterator(config, **kwargs)
+    resumed.set_state(saved)
+    got += take(resumed, 2)
+    for expected, actual in zip(in_process[1:], got, strict=True):
+        np.testing.assert_array_equal(expected["image"], actual["image"])
+        np.testing.assert_array_equal(expected["label"], actual["label"])
+
+
 def test_process_shards_are_disjoint_cover_the_data_and_union_to_the_global_batch(data_dir):
     # With augmentation on: each example's augmentation depends on its place in the global stream,
     # not on how many processes share it.

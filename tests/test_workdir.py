@@ -102,7 +102,13 @@ def test_resumable_changes_resume_and_are_recorded(tmp_path):
         "train.eval_batch_size": [64, 32],
         "train.log_every_steps": [4, 3],
     }
-    for key in ("train.steps", "parallel.strategy", "expected.value", "data.data_dir"):
+    for key in (
+        "train.steps",
+        "parallel.strategy",
+        "expected.value",
+        "data.data_dir",
+        "data.workers",
+    ):
         assert workdir.resumable(key), key
     for key in ("model.hidden", "optimizer.learning_rate", "train.seed", "data.name", "task"):
         assert not workdir.resumable(key), key

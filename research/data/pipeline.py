@@ -25,6 +25,9 @@ Mixup and cutmix (`augment.batch_mixer`) mix each of this process's batches afte
 a generator seeded by (seed, batch index), and add "label_probs" [b, classes]. They pair examples
 within a process's batch, so with them on, batch k is a function of (seed, k, process_count).
 
+With data.workers = N > 0 every stage above runs in N grain worker processes, each computing
+whole batches (research/data/workers.py); the batches and the iterator's state are the same.
+
 Evaluation visits every example of a split once, in source order, across all processes; every
 process yields the same number of batches (collectives stay in step), the last ones padded with
 `mask=False` examples.
@@ -38,7 +41,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from research.data import augment, sources
+from research.data import augment, sources, workers
 from research.errors import ConfigError
 
 Batch = dict[str, np.ndarray]
@@ -57,7 +60,7 @@ def train_iterator(
     seed: int,
     process_index: int,
     process_count: int,
-) -> grain.DatasetIterator:
+) -> grain.DatasetIterator | workers.WorkerIterator:
     """This process's endless shuffled augmented batches {"image": f32 [b,H,W,C], "label": i32 [b]},
     plus "label_probs": f32 [b, classes] with mixup or cutmix on.
 
@@ -83,6 +86,8 @@ def train_iterator(
     if mix is not None:  # Mixup / cutmix, from a generator seeded by (seed, batch index).
         ds = ds.random_map(mix)
     ds = ds.map(normalize)
+    if data_config.workers:  # Everything above runs in worker processes (research/data/workers.py).
+        return workers.WorkerIterator(ds, data_config.workers, READ_OPTIONS)
     return iter(ds.to_iter_dataset(READ_OPTIONS))
 
 

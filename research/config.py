@@ -825,6 +825,7 @@ def smoke(config: ml_collections.ConfigDict) -> None:
         config.data.tokenizer_model = ""  # The checkpoint's vocab.txt: trained on the mock text.
     if config.data.tokenizer == "gpt2" and not data.holds_token_ids(config.data):
         config.data.tokenizer = "char"
+    config.data.workers = 0  # In-process: each worker process costs seconds to start.
     if not data.available_offline(config.data):
         config.data.mock = True
         config.data.path = ""

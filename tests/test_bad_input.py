@@ -271,6 +271,21 @@ def test_workdir_that_is_empty_a_file_or_unwritable_is_refused(tmp_path, capsys,
     assert "cannot be written" in refused([spec, "--workdir=/sys/research_test_run"], capsys)
 
 
+@pytest.mark.parametrize(
+    ("workdir", "message"),
+    [
+        ("foo://x/run", "unknown scheme foo://; give a local path or a bucket (gs://bucket/dir)"),
+        ("s3://bucket/run", "s3:// workdirs are not supported"),
+        ("gs://bucket/run", "need gcsfs and google-cloud-storage, not installed here; pip install"),
+    ],
+)
+def test_a_workdir_scheme_that_cannot_work_here_is_refused(workdir, message, tmp_path, capsys):
+    """Object storage: an unknown scheme, or one whose packages are missing (this venv has no
+    gcsfs), in one line before anything runs (tests/test_workdir_bucket.py runs a fake bucket)."""
+    spec = f"--config={ROOT / 'experiments' / 'digits_cnn.py'}:smoke"
+    assert message in refused([spec, f"--workdir={workdir}"], capsys)
+
+
 def test_eval_batch_must_split_over_the_devices(tmp_path, monkeypatch):
     monkeypatch.setattr(train.jax, "device_count", lambda: 8)
     config = cfg.build_config(

@@ -268,7 +268,7 @@ def run(
                 )
             elif prep.init is not None:
                 extra["initialized_from"] = {
-                    "workdir": str(prep.init.source.absolute()),
+                    "workdir": str(workdir.absolute(prep.init.source)),
                     "step": prep.init.step,
                     "copied": list(prep.init.copied),
                     "fresh": list(prep.init.fresh),

@@ -134,7 +134,9 @@ def test_a_run_in_a_bucket_writes_there_resumes_and_refuses_a_second_run(bucket,
     ]
     assert results["metrics"]["test/accuracy"] == records[-1]["accuracy"]
     assert not (run / "lock").exists()
-    assert len([n for n in files(run) if n.startswith("tensorboard/")]) == 2  # One per launch.
+    events = sorted(n for n in files(run) if n.startswith("tensorboard/"))
+    assert len(events) == 2  # One per launch, each written whole through epath.
+    assert all(b"train/loss" in (run / name).read_bytes() for name in events)
 
 
 def test_bucket_lock_busy_heartbeat_takeover_and_release(bucket, monkeypatch):
@@ -167,6 +169,12 @@ def test_the_lock_is_created_only_if_absent(bucket):
     assert (bucket / "run" / "lock").read_text() == "{}"
     fs, inner = fsspec.core.url_to_fs(f"{RUN}/lock")
     assert isinstance(fs, FakeGCS) and inner == "bucket/run/lock"
+
+
+def test_local_paths_stay_local_and_file_urls_are_local_paths(tmp_path):
+    assert workdir.path(tmp_path) == tmp_path and not workdir.is_bucket(workdir.path(tmp_path))
+    assert workdir.path(f"file://{tmp_path}") == tmp_path
+    assert workdir.is_bucket("gs://bucket/run") and not workdir.is_bucket("runs/gs_like")
 
 
 def test_a_missing_bucket_or_a_file_is_refused(bucket):

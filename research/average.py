@@ -31,7 +31,7 @@ def average(
 ) -> dict:
     """Average `run_dir`'s last `last` checkpoints into `out` (default <run>/average_last<N>),
     evaluate it there, and return its results.json record."""
-    run_dir = Path(run_dir)
+    run_dir = workdir.path(run_dir)  # Local, or a bucket (gs://); so may `out` be.
     if last < 1:
         raise ConfigError(f"--last={last}: average at least one checkpoint")
     stored = workdir.stored_config(run_dir)
@@ -44,7 +44,7 @@ def average(
             "train.keep_checkpoints to keep as many as you average"
         )
     chosen = steps[-last:]
-    out = Path(out) if out is not None else run_dir / f"average_last{last}"
+    out = workdir.path(out) if out is not None else run_dir / f"average_last{last}"
     workdir.check_path(out)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out={out} is not empty; remove it or choose another directory")
@@ -72,12 +72,13 @@ def average(
     for part in AVERAGED:
         state[part] = average_trees([s[part] for s, _, _ in states])
 
-    out.mkdir(parents=True, exist_ok=True)
+    if not workdir.is_bucket(out):
+        out.mkdir(parents=True, exist_ok=True)
     workdir.write_json(out / "config.json", config.to_dict())
     workdir.record_provenance(
         out / "provenance.json",
         list(argv),
-        averaged_from={"workdir": str(run_dir.absolute()), "steps": chosen},
+        averaged_from={"workdir": str(workdir.absolute(run_dir)), "steps": chosen},
     )
     checkpoint.write_step(out / "checkpoints", chosen[-1], state, data_state, meta)
     print(f"averaged steps {chosen} of {run_dir} into {out}; evaluating", flush=True)

@@ -27,6 +27,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from research import workdir
 from research.errors import ConfigMismatch, SaveFailed
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True,
         )
-        self.directory = Path(directory).absolute()
+        self.directory = _absolute(directory)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def all_steps(self) -> list[int]:
@@ -125,7 +126,8 @@ class Checkpointer:
         source = self.directory / str(step)
         if source.exists() and jax.process_index() == 0:  # One process moves it; all reload.
             target = self.directory.parent / f"corrupt_checkpoint_{step}"
-            shutil.rmtree(target, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                target.rmtree()
             source.rename(target)
         self._manager.reload()
 
@@ -156,7 +158,7 @@ class Checkpointer:
 
 def all_steps(directory: Path) -> list[int]:
     """The complete steps in a checkpoints directory, oldest first ([] if none or no directory)."""
-    directory = Path(directory).absolute()
+    directory = _absolute(directory)
     if not directory.is_dir():
         return []
     with _absl_errors_only():  # orbax warns about options a read-only manager ignores
@@ -175,7 +177,7 @@ def read_step(directory: Path, step: int, target: Any) -> tuple[Any, dict, dict]
     onto `target` (an abstract state with shardings); read-only, like `restore_state`."""
     with _absl_errors_only():
         options = ocp.CheckpointManagerOptions(read_only=True)
-        manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
+        manager = ocp.CheckpointManager(_absolute(directory), options=options)
         args = ocp.args.Composite(
             state=ocp.args.StandardRestore(target),
             data=ocp.args.JsonRestore(),
@@ -189,7 +191,7 @@ def read_meta(directory: Path, step: int) -> dict:
     """The loop metadata of checkpoint `step` (best step and value, wall time, ...); read-only."""
     with _absl_errors_only():
         options = ocp.CheckpointManagerOptions(read_only=True)
-        manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
+        manager = ocp.CheckpointManager(_absolute(directory), options=options)
         restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     return restored["meta"]
 
@@ -206,9 +208,7 @@ def _saved_tree(directory: Path, step: int) -> Any | None:
     try:
         with _absl_errors_only():
             checkpointer = ocp.StandardCheckpointer()
-            return checkpointer.metadata(
-                Path(directory).absolute() / str(step) / "state"
-            ).item_metadata
+            return checkpointer.metadata(_absolute(directory) / str(step) / "state").item_metadata
     except Exception:  # noqa: BLE001 - unreadable metadata: the step is corrupt, not mismatched.
         return None
 
@@ -258,7 +258,7 @@ def restore_state(directory: Path, step: int | None = None, target: Any = None) 
     With `target` (the state's abstract tree, shardings included, e.g. from steps.abstract_state),
     the state comes back in exactly that structure and placement, ready for the step.
     """
-    directory = Path(directory).absolute()
+    directory = _absolute(directory)
     step = latest_step(directory) if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {directory}")
@@ -298,10 +298,29 @@ def _flat(tree: Any) -> dict[str, Any]:
 
 
 def copy_step(source: Path, step: int, destination: Path) -> None:
-    """Copy checkpoint `step` from one checkpoints directory to another (`--fork_from`)."""
-    target = Path(destination) / str(step)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(Path(source) / str(step), target)
+    """Copy checkpoint `step` from one checkpoints directory to another (`--fork_from`); either
+    may be in a bucket."""
+    origin, target = workdir.path(source) / str(step), workdir.path(destination) / str(step)
+    if not (workdir.is_bucket(origin) or workdir.is_bucket(target)):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(origin, target)
+        return
+    _copy_tree(origin, target)
+
+
+def _copy_tree(origin: Any, target: Any) -> None:
+    """Copy a directory file by file through epath (from or to a bucket)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for item in origin.iterdir():
+        if item.is_dir():
+            _copy_tree(item, target / item.name)
+        else:
+            (target / item.name).write_bytes(item.read_bytes())
+
+
+def _absolute(directory: "str | Path") -> Any:
+    """The directory as orbax wants it: an absolute local epath.Path, or a bucket path."""
+    return workdir.absolute(workdir.path(directory))
 
 
 @contextlib.contextmanager

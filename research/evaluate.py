@@ -41,7 +41,7 @@ def evaluate(
     """Evaluate the weights at `source` (step: 0 = latest; `best`: the run's best step) with
     `config` (None: the run's own config.json); write and return results.json's record."""
     started = time.time()
-    source = Path(source)
+    source = workdir.path(source)  # Local, or a bucket (gs://); so may `out` be.
     is_run = (source / "checkpoints").is_dir()
     if config is None:
         stored = workdir.stored_config(source) if is_run else None
@@ -59,7 +59,7 @@ def evaluate(
     info, parts, abstract_state = train.prepare_model(config)
     init = ml_collections.ConfigDict(dict(source=str(source), step=step, include="", exclude=""))
     plan = initialize.plan(init, abstract_state["params"])  # every parameter, shapes checked
-    out = Path(out) if out is not None else source / f"eval_step{plan.step}"
+    out = workdir.path(out) if out is not None else source / f"eval_step{plan.step}"
     workdir.check_path(out)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out={out} is not empty; remove it or choose another directory")
@@ -82,12 +82,13 @@ def evaluate(
 
     is_main = jax.process_index() == 0
     if is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        if not workdir.is_bucket(out):
+            out.mkdir(parents=True, exist_ok=True)
         workdir.write_json(out / "config.json", config.to_dict())
         workdir.record_provenance(
             out / "provenance.json",
             list(argv),
-            evaluated={"weights": str(source.absolute()), "step": plan.step},
+            evaluated={"weights": str(workdir.absolute(source)), "step": plan.step},
             model_dtype=models.dtype(config.model),  # "auto" as resolved on this processor
         )
     mesh = parallel.make_mesh(config.parallel)
@@ -106,7 +107,7 @@ def evaluate(
         time.time() - started,
         metrics,
         num_params=num_params,
-        evaluated={"weights": str(source.absolute()), "step": plan.step},
+        evaluated={"weights": str(workdir.absolute(source)), "step": plan.step},
         details={"test": {k: v for k, v in details.items() if not k.startswith("_")}},
     )
     if is_main:

@@ -39,7 +39,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from research import checkpoint, pretrained
+from research import checkpoint, pretrained, workdir
 from research.errors import ConfigError
 
 
@@ -86,7 +86,7 @@ def plan(init: ml_collections.ConfigDict, abstract_params: dict) -> Plan | None:
     """Check `init` against the model's parameters; None when there is nothing to initialise."""
     if not init.source:
         return None
-    source = Path(init.source)
+    source = workdir.path(init.source)  # A run's workdir may be in a bucket (gs://).
     architecture, step = "", 0
     if pretrained.is_directory(source):
         if init.step:

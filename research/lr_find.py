@@ -105,6 +105,10 @@ def lr_find(
     DatasetUnavailable) before anything is written.
     """
     _check_flags(min_lr, max_lr, num_steps, smoothing, diverge_factor)
+    if workdir.is_bucket(workdir.path(workdir_path)):  # (path() refuses unknown schemes.)
+        raise ConfigError(
+            f"--workdir={workdir_path}: lr_find writes a local directory; give a local path"
+        )
     wd = Path(workdir_path)
     ramp = range_test_config(config, min_lr, max_lr, num_steps)
     _, parts, abstract_state = train.prepare_model(ramp)

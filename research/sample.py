@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from research import checkpoint, lora, models
+from research import workdir as workdirs
 from research.data import text, tokenizers
 from research.errors import ConfigError
 from research.tasks import decoding
@@ -24,7 +25,7 @@ from research.tasks import decoding
 
 def load(workdir: str | Path) -> tuple[ml_collections.ConfigDict, dict, int]:
     """(config, parameters, step) of the newest checkpoint of the language-model run `workdir`."""
-    wd = Path(workdir)
+    wd = workdirs.path(workdir)  # Local, or a bucket (gs://).
     config_path = wd / "config.json"
     if not config_path.is_file():
         raise ConfigError(f"{wd} has no config.json; pass the --workdir of a training run")
@@ -48,7 +49,7 @@ def load(workdir: str | Path) -> tuple[ml_collections.ConfigDict, dict, int]:
 
 def tokenizer(workdir: str | Path, config: ml_collections.ConfigDict) -> tokenizers.Tokenizer:
     """The run's tokenizer: its tokenizer.json if it saved one, else rebuilt from config.data."""
-    saved = Path(workdir) / "tokenizer.json"
+    saved = workdirs.path(workdir) / "tokenizer.json"
     if saved.is_file():
         return tokenizers.from_json(saved.read_text())
     return text.tokenizer(config.data)

@@ -225,8 +225,8 @@ def run(
     writing anything; TrainingHalted or SaveFailed if training stops.
     """
     started = time.time()
-    wd = Path(workdir_path)
-    fork_from = Path(fork_from) if fork_from is not None else None
+    wd = workdir.path(workdir_path)  # A local path or a bucket (gs://); refuses other schemes.
+    fork_from = workdir.path(fork_from) if fork_from is not None else None
     prep = prepare(config, wd, fork_from=fork_from, stop_after_step=stop_after_step)
     relaunch = prep.relaunch
     is_main = jax.process_index() == 0
@@ -242,7 +242,8 @@ def run(
     # ---------------------------------------------------------------------------------------------
     # Workdir: created only now, locked for this run, its records written.
     # ---------------------------------------------------------------------------------------------
-    wd.mkdir(parents=True, exist_ok=True)
+    if not workdir.is_bucket(wd):  # A bucket has no directories (and its existence was checked).
+        wd.mkdir(parents=True, exist_ok=True)
     with workdir.locked(wd) as stale_note:
         if is_main:
             if stale_note:
@@ -256,7 +257,7 @@ def run(
                     relaunch.fork_from / "checkpoints", relaunch.latest_step, wd / "checkpoints"
                 )
                 extra["forked_from"] = {
-                    "workdir": str(relaunch.fork_from.absolute()),
+                    "workdir": str(workdir.absolute(relaunch.fork_from)),
                     "step": relaunch.latest_step,
                     "changed": relaunch.changes,
                 }
@@ -267,7 +268,7 @@ def run(
                 )
             elif prep.init is not None:
                 extra["initialized_from"] = {
-                    "workdir": str(prep.init.source.absolute()),
+                    "workdir": str(workdir.absolute(prep.init.source)),
                     "step": prep.init.step,
                     "copied": list(prep.init.copied),
                     "fresh": list(prep.init.fresh),
@@ -399,6 +400,7 @@ def _train(
         saved_steps.add(at_step)
         check_guard()
         meta["wall_s"] = elapsed()
+        writer.flush()  # In a bucket, metrics.jsonl goes up with each checkpoint.
         try:
             ckpt.save(at_step, state, train_iter.get_state(), meta, eval_metrics)
         except Exception as e:  # Disk full, permissions, a dead filesystem: report, keep the rest.

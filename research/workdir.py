@@ -9,6 +9,10 @@ metrics.jsonl     one JSON object per logged step and split (see research/writer
 results.json      final metrics and the check against the paper's number (`config.expected`)
 lock              while a run is training: its host and PID (see `locked`)
 
+A workdir is a local path or a bucket (`gs://bucket/run`): every file in it is reached through
+`path()`, an etils.epath.Path (the path type orbax and TFDS use), so the same code writes both.
+Buckets need packages a local run does not (`BUCKETS`); `path()` refuses what cannot work here.
+
 A workdir belongs to one run. Relaunching it compares the new config with config.json
 (`inspect`): identical, resume; only fields in config.RESUMABLE_CHANGES differ (more steps, other
 intervals, another device layout, ...), resume and record what changed; anything else is a
@@ -21,19 +25,25 @@ import dataclasses
 import datetime
 import fcntl
 import importlib.metadata
+import importlib.util
 import json
+import logging
 import os
 import platform
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import ml_collections
 import numpy as np
+from etils import epath
 
 from research.errors import ConfigError, ConfigMismatch, WorkdirBusy
 from research.expected import Expected
@@ -50,6 +60,79 @@ PACKAGES = (
     "numpy",
     "scikit-learn",
 )
+
+
+# -------------------------------------------------------------------------------------------------
+# Where a workdir may live: local paths and buckets.
+# -------------------------------------------------------------------------------------------------
+
+# Buckets a workdir may be in: scheme -> the (module, pip package) pairs a run there needs. gs://:
+# epath reads and writes files through gcsfs (or tf.io.gfile, when tensorflow is installed);
+# orbax lists checkpoint steps with google-cloud-storage; tensorstore writes the arrays itself.
+# Not s3://: orbax-checkpoint writes arrays only to local paths and gs:// (its tensorstore specs
+# refuse any other URL), so a run there could not checkpoint: mount such a bucket instead.
+BUCKETS = {
+    "gs": (("gcsfs", "gcsfs"), ("google.cloud.storage", "google-cloud-storage")),
+}
+
+
+def path(workdir: "str | os.PathLike") -> epath.Path:
+    """`workdir` (or a file in it) as an epath.Path: a local path, or `gs://bucket/dir`.
+
+    Raises ConfigError, before anything is touched, for a scheme no workdir can have (`foo://`,
+    `s3://`) or a bucket whose packages are not installed here (it names them).
+    """
+    if isinstance(workdir, epath.Path):
+        return workdir
+    text = os.fspath(workdir)
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return epath.Path(text)
+    if scheme == "file":  # file:///abs/path is a local path
+        return epath.Path(rest)
+    if scheme == "s3":
+        raise ConfigError(
+            f"{text}: s3:// workdirs are not supported (orbax-checkpoint writes checkpoints only "
+            "to local paths and gs://); mount the bucket (e.g. mountpoint-s3) and give its local "
+            "path"
+        )
+    if scheme not in BUCKETS:
+        raise ConfigError(
+            f"{text}: unknown scheme {scheme}://; give a local path or a bucket "
+            f"({', '.join(f'{s}://bucket/dir' for s in BUCKETS)})"
+        )
+    missing = [package for module, package in BUCKETS[scheme] if not _importable(module)]
+    if missing:
+        raise ConfigError(
+            f"{text}: {scheme}:// workdirs need {' and '.join(missing)}, not installed here; "
+            f"pip install {' '.join(missing)}"
+        )
+    return epath.Path(text)
+
+
+def _importable(module: str) -> bool:
+    if module == "gcsfs":  # epath reaches gs:// through fsspec's "gcs" filesystem or tf.io.gfile
+        import fsspec
+
+        try:
+            fsspec.get_filesystem_class("gcs")
+            return True
+        except (ImportError, ValueError):
+            module = "tensorflow"
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # A missing parent package ("google")
+        return False
+
+
+def is_bucket(p: "str | os.PathLike") -> bool:
+    """Whether `p` is in a bucket (gs://...), not on a local filesystem."""
+    return "://" in os.fspath(p)
+
+
+def absolute(p: epath.Path) -> epath.Path:
+    """`p` made absolute if local (a bucket path already is)."""
+    return p if is_bucket(p) else p.absolute()
 
 
 # -------------------------------------------------------------------------------------------------
@@ -121,7 +204,11 @@ class Relaunch:
 
 
 def check_path(workdir: Path) -> None:
-    """Refuse a workdir that is a file, or that cannot be created or written."""
+    """Refuse a workdir that is a file, or that cannot be created or written (in a bucket: whose
+    bucket does not exist or cannot be reached; writing is not probed, that would leave objects)."""
+    if is_bucket(workdir):
+        _check_bucket(epath.Path(workdir))
+        return
     if workdir.exists() and not workdir.is_dir():
         raise ConfigError(f"--workdir={workdir} is a file, not a directory; choose another path")
     existing = next(p for p in (workdir.absolute(), *workdir.absolute().parents) if p.exists())
@@ -132,6 +219,23 @@ def check_path(workdir: Path) -> None:
             f"--workdir={workdir} cannot be written ({existing}: {e.strerror}); choose a "
             "writable path"
         ) from None
+
+
+def _check_bucket(workdir: epath.Path) -> None:
+    scheme, _, rest = os.fspath(workdir).partition("://")
+    bucket = epath.Path(f"{scheme}://{rest.split('/')[0]}")
+    try:
+        found = bucket.exists()
+        is_file = found and workdir.exists() and not workdir.is_dir()
+    except Exception as e:  # noqa: BLE001 - credentials, network, permissions: all one message.
+        raise ConfigError(
+            f"--workdir={workdir} cannot be reached ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); check the bucket name and credentials"
+        ) from None
+    if not found:
+        raise ConfigError(f"--workdir={workdir}: bucket {bucket} does not exist; create it first")
+    if is_file:
+        raise ConfigError(f"--workdir={workdir} is a file, not a directory; choose another path")
 
 
 def stored_config(workdir: Path) -> dict | None:
@@ -160,7 +264,7 @@ def inspect(
     stored = stored_config(workdir)
     latest = checkpoint.latest_step(workdir / "checkpoints")
     if fork_from is not None:
-        return _inspect_fork(workdir, config, Path(fork_from), stored, latest)
+        return _inspect_fork(workdir, config, path(fork_from), stored, latest)
     if stored is None:
         return Relaunch(False, {}, None, False, latest, None)
     if stored.get("experiment") != config.experiment:
@@ -232,7 +336,7 @@ def supersede_results(workdir: Path, step: int) -> None:
     """Move results.json aside (results_step<N>.json): the run continues past it."""
     path = workdir / "results.json"
     if path.exists():
-        os.replace(path, workdir / f"results_step{step}.json")
+        path.replace(workdir / f"results_step{step}.json")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -288,29 +392,176 @@ class Lock:
 LOCK_FILE = "lock"
 
 
+class BucketLock:
+    """The lock of a workdir in a bucket: an object `<workdir>/lock` holding the holder's host,
+    PID, start time, a random token and a heartbeat time that a thread refreshes every
+    `heartbeat_s`. Same interface and messages as `Lock`.
+
+    Object stores have no flock(2), and an object outlives the run that wrote it, so:
+      - Taking it: if a lock exists whose heartbeat is younger than `stale_s`, the workdir is busy
+        (one line naming the holder). If it is older, its run is taken to be dead: it is deleted
+        and taken over with a printed note. Then the lock is created with create-if-absent
+        (fsspec's mode "xb": a GCS ifGenerationMatch=0 precondition in gcsfs >= 2024.12; losing
+        that race is "busy"), or written plainly where the backend cannot (tf.io.gfile).
+      - Then it is read back after `settle_s`: the run whose token is there holds it, any other
+        is refused. This settles two launches that both found a stale lock (one deletes the
+        other's fresh lock) and backends without create-if-absent, provided each launch's
+        read-check-write takes less than `settle_s`.
+    Limits, honestly: a run whose process is alive but frozen (no heartbeat) for `stale_s` loses
+    its lock to the next launch, which then writes the same files: its heartbeat notices and
+    logs a warning, but cannot stop the old run. A killed run's lock blocks relaunches until it
+    is `stale_s` old (delete `<workdir>/lock` by hand if you know the run is dead). Clocks of the
+    machines are compared (heartbeat times are wall-clock UTC): keep them within a minute.
+    """
+
+    heartbeat_s = 60.0
+    stale_s = 600.0
+    settle_s = 2.0
+
+    def __init__(self, workdir: "str | os.PathLike"):
+        self.path = epath.Path(workdir) / LOCK_FILE
+        self._token: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> str | None:
+        """Take the lock, or raise WorkdirBusy naming the holder. Returns a note about a stale
+        lock it took over, else None."""
+        note = None
+        held = self._read()
+        if held is not None:
+            age = self._age(held)
+            if age < self.stale_s:
+                raise self._busy(held)
+            note = (
+                f"took over the lock of {_describe_holder(held)}, whose heartbeat stopped "
+                f"{age / 60:.0f} min ago (a bucket lock is stale after {self.stale_s / 60:.0f} min)"
+            )
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+        token = uuid.uuid4().hex
+        if not self._create(json.dumps(_holder() | {"token": token, "heartbeat": _now()})):
+            raise self._busy(self._read())
+        time.sleep(self.settle_s)
+        now_held = self._read()
+        if now_held is None or now_held.get("token") != token:
+            raise self._busy(now_held)
+        self._token = token
+        self._thread = threading.Thread(target=self._beat, name="workdir-lock", daemon=True)
+        self._thread.start()
+        return note
+
+    def release(self) -> None:
+        if self._token is None:
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        held = self._read()
+        if held is not None and held.get("token") == self._token:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+        self._token = None
+
+    def _beat(self) -> None:
+        """Refresh the heartbeat while the lock is ours; warn once if another run took it."""
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                held = self._read()
+                if held is None or held.get("token") != self._token:
+                    logging.getLogger(__name__).warning(
+                        "the lock of %s was taken over by %s (this run's heartbeat was late by "
+                        "more than %.0f s); two runs may now write this workdir",
+                        self.path.parent,
+                        _describe_holder(held),
+                        self.stale_s,
+                    )
+                    return
+                self.path.write_text(json.dumps(held | {"heartbeat": _now()}))
+            except Exception:  # noqa: BLE001 - a transient storage error: try again next beat.
+                continue
+
+    def _create(self, text: str) -> bool:
+        """Write the lock only if absent (where the backend can); False if it exists."""
+        try:
+            import fsspec
+
+            fs, inner = fsspec.core.url_to_fs(os.fspath(self.path))
+        except (ImportError, ValueError):  # No fsspec filesystem: tf.io.gfile. Plain write.
+            self.path.write_text(text)
+            return True
+        try:
+            with fs.open(inner, "xb") as f:
+                f.write(text.encode())
+        except FileExistsError:
+            return False
+        return True
+
+    def _read(self) -> dict | None:
+        """The lock's record; None if there is none; {} if unreadable (its age: the object's)."""
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return None
+        try:
+            held = json.loads(text)
+            return held if isinstance(held, dict) else {}
+        except ValueError:
+            return {}
+
+    def _age(self, held: dict) -> float:
+        """Seconds since the holder's last heartbeat (or the object's modification time)."""
+        try:
+            beat = datetime.datetime.fromisoformat(held["heartbeat"]).timestamp()
+        except (KeyError, TypeError, ValueError):
+            try:
+                beat = float(self.path.stat().mtime)
+            except OSError:
+                beat = 0.0
+        return time.time() - beat
+
+    def _busy(self, held: dict | None) -> WorkdirBusy:
+        beat = ""
+        if held:
+            beat = f", heartbeat {self._age(held):.0f} s ago"
+        return WorkdirBusy(
+            f"workdir {self.path.parent} is in use by {_describe_holder(held)}{beat}; wait for "
+            "that run to end (or stop it), or use another --workdir (a bucket lock whose "
+            f"heartbeat stops for {self.stale_s / 60:.0f} min is taken over)"
+        )
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def _describe_holder(held: dict | None) -> str:
+    try:
+        return f"PID {held['pid']} on {held['host']} (since {held['started']})"
+    except (KeyError, TypeError):
+        return "an unknown process"
+
+
 def _holder() -> dict[str, Any]:
-    return {
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": _now()}
 
 
 def _read_holder(fd: int) -> str:
     try:
-        holder = json.loads(os.pread(fd, 4096, 0).decode() or "null")
-        return f"PID {holder['pid']} on {holder['host']} (since {holder['started']})"
-    except (ValueError, KeyError, TypeError, OSError):
+        return _describe_holder(json.loads(os.pread(fd, 4096, 0).decode() or "null"))
+    except (ValueError, OSError):
         return "an unknown process"
 
 
 @contextlib.contextmanager
 def locked(workdir: Path) -> Iterator[str | None]:
     """Hold the workdir's lock for a run: process 0 takes it for every process of the run, and all
-    processes learn whether it succeeded. Yields process 0's note about a stale lock, if any."""
+    processes learn whether it succeeded. Yields process 0's note about a stale lock, if any.
+    A local workdir gets a `Lock` (flock), one in a bucket a `BucketLock`."""
     import jax
 
-    lock = Lock(workdir) if jax.process_index() == 0 else None
+    kind = BucketLock if is_bucket(workdir) else Lock
+    lock = kind(workdir) if jax.process_index() == 0 else None
     note, error = None, None
     if lock is not None:
         try:
@@ -338,9 +589,14 @@ def locked(workdir: Path) -> Iterator[str | None]:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (write a temporary file, then rename), so a crash leaves no torn file."""
+    """Write JSON atomically, so a crash leaves no torn file: locally, write a temporary file and
+    rename it; in a bucket an object appears whole or not at all, so write it directly."""
+    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    if is_bucket(path):
+        epath.Path(path).write_text(text)
+        return
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 

@@ -14,6 +14,7 @@ import pytest
 import launch
 from research import config as cfg
 from research import data, models, train
+from research import workdir as workdirs
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p for p in (ROOT / "experiments").glob("*.py") if not p.name.startswith("_"))
@@ -269,6 +270,26 @@ def test_workdir_that_is_empty_a_file_or_unwritable_is_refused(tmp_path, capsys,
     assert (tmp_path / "a_file").read_text() == "x"
     # /sys refuses new files even to root: the nearest thing to a read-only filesystem here.
     assert "cannot be written" in refused([spec, "--workdir=/sys/research_test_run"], capsys)
+
+
+@pytest.mark.parametrize(
+    ("workdir", "message"),
+    [
+        ("foo://x/run", "unknown scheme foo://; give a local path or a bucket (gs://bucket/dir)"),
+        ("s3://bucket/run", "s3:// workdirs are not supported"),
+        ("gs://bucket/run", "need gcsfs and google-cloud-storage, not installed here; pip install"),
+    ],
+)
+def test_a_workdir_scheme_that_cannot_work_here_is_refused(workdir, message, tmp_path, capsys):
+    """Object storage: an unknown scheme, or one whose packages are missing (this venv has no
+    gcsfs), in one line before anything runs (tests/test_workdir_bucket.py runs a fake bucket)."""
+    if workdir.startswith("gs://") and all(
+        workdirs._importable(m) for m, _ in workdirs.BUCKETS["gs"]
+    ):
+        pytest.skip("gcsfs and google-cloud-storage are installed here")
+    spec = f"--config={ROOT / 'experiments' / 'digits_cnn.py'}:smoke"
+    assert message in refused([spec, f"--workdir={workdir}"], capsys)
+    assert message in refused(["lr_find", spec, f"--workdir={workdir}"], capsys)
 
 
 def test_eval_batch_must_split_over_the_devices(tmp_path, monkeypatch):

@@ -68,6 +68,7 @@ import numpy as np
 from flax import traverse_util
 
 from research import checkpoint, lora, models
+from research import workdir as workdirs
 from research.errors import ConfigError
 from research.models import stack
 from research.pretrained.families import (
@@ -444,7 +445,7 @@ def export_run(workdir: str | Path, out: str | Path, step: int | None = None) ->
     """`launch.py export`: a run's checkpoint (`step`, default the latest) as a Hugging Face
     directory. The evaluated weights are written: the EMA ones when the run kept an EMA, and a
     LoRA run's adapters folded into the base weights (research/lora.py `merge`)."""
-    workdir, out = Path(workdir), Path(out)
+    workdir, out = workdirs.path(workdir), Path(out)  # The run may be in a bucket (gs://).
     path = workdir / "config.json"
     if not path.is_file():
         raise ConfigError(f"{workdir} has no config.json; pass the --workdir of a training run")

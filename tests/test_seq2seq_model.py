@@ -147,8 +147,9 @@ def test_padding_never_changes_an_output(tiny):
     logits = forward(model, params, source, target)
     assert logits.shape == (2, 6, 32) and logits.dtype == jnp.float32
 
+    # A longer source is another matmul shape: float rounding may differ (1.2e-6 seen on AVX2).
     more_padding = jnp.pad(source, ((0, 0), (0, 5)))
-    np.testing.assert_allclose(forward(model, params, more_padding, target), logits, atol=1e-6)
+    np.testing.assert_allclose(forward(model, params, more_padding, target), logits, atol=1e-5)
 
     # Other ids in the padded slots, which stay padding for the mask (segment 0): no change. The
     # same ids read as tokens (no segments) change every output of the row.

@@ -413,6 +413,9 @@ def _number_words_config(source_lang: str, target_lang: str) -> str:
     return f"{english}-{other}"
 
 
+# Opening a TFDS split costs seconds (builder, metadata); info() opens every split and each
+# launch in one process (tests, sweeps' planning) would open them again. Read-only sources.
+@functools.lru_cache(maxsize=16)
 def _open(source: Source, split: str) -> Sequence[dict[str, Any]]:
     if not source.name:
         try:

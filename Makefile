@@ -18,7 +18,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
 test: lint
-	$(PY) -m pytest -n 2 --dist=loadfile
+	$(PY) -m pytest -n 2 --dist=loadfile --durations=20
 
 clean:
 	rm -rf runs sweeps .pytest_cache

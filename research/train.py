@@ -535,9 +535,7 @@ def _train(
             raise
         finally:
             bar.close()
-            # Stops data.workers' processes now, not at interpreter exit (an iterator without
-            # close(), such as a wrapper of one, has nothing to stop).
-            getattr(train_iter, "close", lambda: None)()
+            train_iter.close()  # Stops data.workers' processes now, not at interpreter exit.
     if step < tc.steps and not meta["stopped_early"]:
         writer.close()
         ckpt.close()

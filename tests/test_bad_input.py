@@ -5,7 +5,6 @@ Launches run in this process (`launch.main`), so a traceback fails the test as a
 the few hundred launches take seconds rather than minutes.
 """
 
-import hashlib
 import math
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import launch
 from research import config as cfg
 from research import data, models, train
 from research import workdir as workdirs
+from tests.helpers import snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p for p in (ROOT / "experiments").glob("*.py") if not p.name.startswith("_"))
@@ -87,14 +87,6 @@ def walked_fields(path: Path) -> dict:
     else:
         keys = {k for k in recipe if k.startswith("model.") or recipe[k] != declared.get(k)}
     return {k: recipe[k] for k in sorted(keys) if k != "experiment"}
-
-
-def snapshot(directory: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """A workdir belongs to one run: its lock, the relaunch rules, forks, and finished runs."""
 
-import hashlib
 import json
 import os
 import signal
@@ -11,27 +10,13 @@ from pathlib import Path
 
 import pytest
 
-import launch
 from research import config as cfg
 from research import train, workdir
 from research.errors import ConfigMismatch
+from tests.helpers import launch_here, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = "experiments/digits_cnn.py:smoke"
-
-
-def snapshot(directory: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
-
-
-def launch_here(argv: list[str], capsys) -> tuple[int, str, str]:
-    status = launch.main(argv)
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
 
 
 @pytest.fixture

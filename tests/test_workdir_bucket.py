@@ -28,9 +28,9 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.registry import _registry
 from orbax.checkpoint._src.path import gcs_utils
 
-import launch
 from research import workdir
 from research.errors import WorkdirBusy
+from tests.helpers import launch_here, snapshot
 
 SMOKE = "experiments/digits_cnn.py:smoke"
 RUN = "gs://bucket/run"
@@ -71,27 +71,13 @@ def bucket(tmp_path, monkeypatch) -> Path:
     backend.fsspec_backend._get_filesystem.cache_clear()
 
 
-def files(directory: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
-
-
-def launch_here(argv: list[str], capsys) -> tuple[int, str, str]:
-    status = launch.main(argv)
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
-
-
 def test_a_run_in_a_bucket_writes_there_resumes_and_refuses_a_second_run(bucket, capsys):
     run = bucket / "run"
     status, out, _ = launch_here(
         [f"--config={SMOKE}", f"--workdir={RUN}", "--stop_after_step=6"], capsys
     )
     assert status == 0 and "stopped at step 6 of 12" in out
-    written = files(run)
+    written = snapshot(run)
     assert {"config.json", "provenance.json", "metrics.jsonl"} <= set(written)
     assert any(name.startswith("tensorboard/events.out.tfevents.") for name in written)
     assert "checkpoints/6/commit_success.txt" in written  # orbax's gs:// finalisation, not rename.
@@ -105,11 +91,11 @@ def test_a_run_in_a_bucket_writes_there_resumes_and_refuses_a_second_run(bucket,
     assert first.acquire() is None
     held = json.loads((run / "lock").read_text())
     assert held["pid"] == os.getpid() and len(held["token"]) == 32
-    before = files(run)
+    before = snapshot(run)
     status, _, err = launch_here([f"--config={SMOKE}", f"--workdir={RUN}"], capsys)
     assert status == 2 and err.count("\n") == 1, err
     assert f"workdir {RUN} is in use by PID {os.getpid()}" in err
-    assert files(run) == before
+    assert snapshot(run) == before
     first.release()
     assert not (run / "lock").exists()
 
@@ -134,7 +120,7 @@ def test_a_run_in_a_bucket_writes_there_resumes_and_refuses_a_second_run(bucket,
     ]
     assert results["metrics"]["test/accuracy"] == records[-1]["accuracy"]
     assert not (run / "lock").exists()
-    events = sorted(n for n in files(run) if n.startswith("tensorboard/"))
+    events = sorted(n for n in snapshot(run) if n.startswith("tensorboard/"))
     assert len(events) == 2  # One per launch, each written whole through epath.
     assert all(b"train/loss" in (run / name).read_bytes() for name in events)
 
@@ -184,4 +170,4 @@ def test_a_missing_bucket_or_a_file_is_refused(bucket):
     with pytest.raises(workdir.ConfigError, match="is a file"):
         workdir.check_path(workdir.path("gs://bucket/afile"))
     workdir.check_path(workdir.path(RUN))  # Fine: nothing written.
-    assert files(bucket) == {"afile": hashlib.sha256(b"x").hexdigest()}
+    assert snapshot(bucket) == {"afile": hashlib.sha256(b"x").hexdigest()}

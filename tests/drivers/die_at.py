@@ -53,6 +53,9 @@ class Faulty:
     def set_state(self, state):
         self.inner.set_state(state)
 
+    def close(self):
+        self.inner.close()
+
 
 def inject(point: str, step: str) -> list[str]:
     """Patch the library for `point`; return extra launch.py arguments."""
